@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/pullgate/pullgate/proxy"
+	"github.com/pullgate/pullgate/proxy/config"
+	"github.com/pullgate/pullgate/verify"
+	"github.com/pullgate/pullgate/verify/auth"
+	"github.com/pullgate/pullgate/verify/hosts"
+)
+
+func serve(args []string) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	configPath := fs.String("config", config.DefaultPath, "configuration file")
+	listen := fs.String("listen", "", "override listen: unix:///path.sock")
+	runtimeEndpoint := fs.String("runtime-endpoint", "", "override runtimeEndpoint: unix:///path.sock")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	load := func() (config.Config, error) {
+		data, err := os.ReadFile(*configPath)
+		if err != nil {
+			return config.Config{}, err
+		}
+		c, err := config.Parse(data)
+		if err != nil {
+			return config.Config{}, fmt.Errorf("%s: %w", *configPath, err)
+		}
+		if *listen != "" {
+			c.Listen = *listen
+		}
+		if *runtimeEndpoint != "" {
+			c.RuntimeEndpoint = *runtimeEndpoint
+		}
+		if err := c.Validate(); err != nil {
+			return config.Config{}, fmt.Errorf("%s: %w", *configPath, err)
+		}
+		return c, nil
+	}
+	cfg, err := load()
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	logger := newLogger(cfg.Log, level)
+	slog.SetDefault(logger)
+
+	conn, err := grpc.NewClient(cfg.RuntimeEndpoint,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(proxy.MaxMessageSize), grpc.MaxCallSendMsgSize(proxy.MaxMessageSize)),
+		// Reconnect quickly when the runtime restarts: kubelet keeps calling meanwhile.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}, MinConnectTimeout: time.Second}),
+	)
+	if err != nil {
+		return fmt.Errorf("runtime endpoint %s: %w", cfg.RuntimeEndpoint, err)
+	}
+	defer conn.Close()
+	store, err := proxy.NewImageStore(conn, cfg.ContainerdNamespace)
+	if err != nil {
+		return err
+	}
+
+	var policy atomic.Pointer[verify.Policy]
+	policy.Store(&verify.Policy{DefaultAction: verify.Action(cfg.DefaultAction)})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := proxy.NewMetrics(reg)
+	resolver := verify.NewResolver(hosts.New(cfg.RegistryConfigPath), verify.WithResolveTimeout(cfg.Verification.Timeout.Duration), verify.WithResolveLogger(logger))
+	opts := []proxy.Option{proxy.WithLogger(logger), proxy.WithMetrics(metrics)}
+	if cfg.Auth.NodeCredentials == "fallback" {
+		opts = append(opts, proxy.WithKeyring(auth.NewKeyring(cfg.Auth.Files)))
+	}
+	p := proxy.New(conn, resolver, func() proxy.Verifier { return policy.Load() }, store, opts...)
+
+	lis, err := listener(cfg.Listen)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(p.ServerOptions()...)
+	p.Register(srv)
+
+	if cfg.MetricsAddress != "" {
+		ml, err := net.Listen("tcp", cfg.MetricsAddress)
+		if err != nil {
+			return fmt.Errorf("metrics address: %w", err)
+		}
+		go http.Serve(ml, healthMux(reg, p))
+	}
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	logger.Info("pullgate serving", "version", versionString(), "listen", cfg.Listen, "runtime", cfg.RuntimeEndpoint, "defaultAction", cfg.DefaultAction)
+	daemon.SdNotify(false, daemon.SdNotifyReady)
+
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	for {
+		select {
+		case err := <-serveErr:
+			return err
+		case sig := <-signals:
+			if sig == syscall.SIGHUP {
+				daemon.SdNotify(false, daemon.SdNotifyReloading)
+				reload(logger, load, cfg, &policy, level)
+				daemon.SdNotify(false, daemon.SdNotifyReady)
+				continue
+			}
+			logger.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGracePeriod.Duration)
+			daemon.SdNotify(false, daemon.SdNotifyStopping)
+			stopped := make(chan struct{})
+			go func() { srv.GracefulStop(); close(stopped) }()
+			select {
+			case <-stopped:
+			case <-time.After(cfg.ShutdownGracePeriod.Duration):
+				logger.Warn("grace period over, cancelling calls still running")
+				srv.Stop()
+			}
+			return nil
+		}
+	}
+}
+
+// reload applies a changed configuration file; a file that does not validate is refused whole
+// and the running configuration kept.
+func reload(logger *slog.Logger, load func() (config.Config, error), running config.Config, policy *atomic.Pointer[verify.Policy], level *slog.LevelVar) {
+	cfg, err := load()
+	if err != nil {
+		logger.Error("configuration reload refused, keeping the running configuration", "error", err)
+		return
+	}
+	policy.Store(&verify.Policy{DefaultAction: verify.Action(cfg.DefaultAction)})
+	level.Set(parseLevel(cfg.Log.Level))
+	if cfg.Listen != running.Listen || cfg.RuntimeEndpoint != running.RuntimeEndpoint || cfg.MetricsAddress != running.MetricsAddress ||
+		cfg.RegistryConfigPath != running.RegistryConfigPath || cfg.ContainerdNamespace != running.ContainerdNamespace {
+		logger.Warn("configuration reloaded; listen, runtimeEndpoint, metricsAddress, registryConfigPath and containerdNamespace take effect on restart")
+	}
+	logger.Info("configuration reloaded", "defaultAction", cfg.DefaultAction)
+}
+
+// listener uses the socket systemd passed in (socket activation) or opens the configured one.
+func listener(endpoint string) (net.Listener, error) {
+	ls, err := activation.Listeners()
+	if err != nil {
+		return nil, fmt.Errorf("systemd socket activation: %w", err)
+	}
+	switch len(ls) {
+	case 0:
+	case 1:
+		return ls[0], nil
+	default:
+		return nil, fmt.Errorf("systemd passed %d sockets, want 1", len(ls))
+	}
+	path, err := config.UnixPath(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	return proxy.Listen(path)
+}
+
+func healthMux(reg *prometheus.Registry, p *proxy.Proxy) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := p.Ready(ctx); err != nil {
+			http.Error(w, "runtime not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+func newLogger(c config.Log, level *slog.LevelVar) *slog.Logger {
+	level.Set(parseLevel(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "text" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+}
+
+func parseLevel(s string) slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return slog.LevelInfo
+	}
+	return l
+}
+

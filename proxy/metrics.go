@@ -1,0 +1,65 @@
+package proxy
+
+import (
+	"context"
+	"path"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// Metrics are pullgate's Prometheus metrics (names in DESIGN.md).
+type Metrics struct {
+	requests  *prometheus.CounterVec
+	durations *prometheus.HistogramVec
+	decisions *prometheus.CounterVec
+	// UpstreamUp is 1 while the runtime answers.
+	UpstreamUp prometheus.Gauge
+}
+
+// NewMetrics registers pullgate's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_cri_requests_total",
+			Help: "CRI requests served, by method and gRPC status code.",
+		}, []string{"method", "code"}),
+		durations: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "pullgate_cri_request_duration_seconds",
+			Help:    "Time to serve a CRI request, including the runtime's time.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120},
+		}, []string{"method"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_pull_decisions_total",
+			Help: "PullImage decisions, by verdict (allowed, denied, error) and deciding rule.",
+		}, []string{"verdict", "rule"}),
+		UpstreamUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "pullgate_upstream_up",
+			Help: "1 when the runtime answered the last readiness check, else 0.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.durations, m.decisions, m.UpstreamUp)
+	return m
+}
+
+func (m *Metrics) observe(fullMethod string, start time.Time, err error) {
+	method := path.Base(fullMethod)
+	m.requests.WithLabelValues(method, status.Code(err).String()).Inc()
+	m.durations.WithLabelValues(method).Observe(time.Since(start).Seconds())
+}
+
+func (m *Metrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	m.observe(info.FullMethod, start, err)
+	return resp, err
+}
+
+func (m *Metrics) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	start := time.Now()
+	err := handler(srv, ss)
+	m.observe(info.FullMethod, start, err)
+	return err
+}

@@ -1,0 +1,103 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
+)
+
+// frame is one gRPC message carried without decoding it.
+type frame struct{ b []byte }
+
+// codec moves frames as raw bytes and everything else as protobuf, so one server can forward
+// any method untouched and still decode the few it intercepts.
+type codec struct{}
+
+var _ encoding.Codec = codec{}
+
+func (codec) Name() string { return "proto" }
+
+func (codec) Marshal(v any) ([]byte, error) {
+	if f, ok := v.(*frame); ok {
+		return f.b, nil
+	}
+	return proto.Marshal(v.(proto.Message))
+}
+
+func (codec) Unmarshal(data []byte, v any) error {
+	if f, ok := v.(*frame); ok {
+		f.b = data
+		return nil
+	}
+	return proto.Unmarshal(data, v.(proto.Message))
+}
+
+// hopHeaders are set by each gRPC hop itself and must not be copied onto the next one.
+var hopHeaders = []string{":authority", "content-type", "user-agent", "grpc-timeout", "te"}
+
+// bidi describes every method as a bidirectional stream: a unary call is a stream of one
+// message each way, so the same code forwards unary and streaming methods alike.
+var bidi = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+
+// forward relays a call the proxy does not intercept to the runtime, as bytes, with its
+// metadata, and returns the runtime's status unchanged. It needs no code per method, so
+// methods added to the CRI later pass through too.
+func (p *Proxy) forward(_ any, in grpc.ServerStream) error {
+	method, _ := grpc.MethodFromServerStream(in)
+	ctx := in.Context()
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		md = md.Copy()
+		for _, h := range hopHeaders {
+			delete(md, h)
+		}
+		ctx = metadata.NewOutgoingContext(ctx, md)
+	}
+	out, err := p.upstream.NewStream(ctx, bidi, method, grpc.ForceCodec(codec{}))
+	if err != nil {
+		return err
+	}
+
+	// Requests flow in on their own goroutine; replies are relayed here until the runtime ends
+	// the call. If the caller goes away, its context cancels the upstream stream too.
+	go func() {
+		for {
+			var f frame
+			if err := in.RecvMsg(&f); err != nil {
+				if errors.Is(err, io.EOF) {
+					out.CloseSend()
+				}
+				return
+			}
+			if out.SendMsg(&f) != nil {
+				return // the runtime ended the call; its status comes from RecvMsg below
+			}
+		}
+	}()
+
+	headerSent := false
+	for {
+		var f frame
+		if err := out.RecvMsg(&f); err != nil {
+			in.SetTrailer(out.Trailer())
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		if !headerSent {
+			if md, err := out.Header(); err == nil && len(md) > 0 {
+				if err := in.SendHeader(md); err != nil {
+					return err
+				}
+			}
+			headerSent = true
+		}
+		if err := in.SendMsg(&f); err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,137 @@
+// Package proxy serves the CRI in front of the node's runtime: it forwards every call untouched,
+// except PullImage, which it pins to a digest the node's policy allows before the runtime sees it.
+package proxy
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/opencontainers/go-digest"
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/pullgate/pullgate/verify"
+	"github.com/pullgate/pullgate/verify/auth"
+)
+
+// MaxMessageSize is the gRPC message limit both ways, as kubelet and containerd use.
+const MaxMessageSize = 16 << 20
+
+// Resolver turns a tag into the digest it points to.
+type Resolver interface {
+	Resolve(ctx context.Context, img verify.Image, cred auth.Credential) (digest.Digest, error)
+}
+
+// Keyring finds node credentials for an image ("registry/repository").
+type Keyring interface {
+	Lookup(image string) ([]auth.Credential, error)
+}
+
+// Verifier decides whether a digest may be pulled.
+type Verifier interface {
+	Verify(ctx context.Context, req verify.Request) (verify.Decision, error)
+}
+
+// Tagger records name -> the image the runtime stored for pinned, in the runtime's image store.
+type Tagger interface {
+	Tag(ctx context.Context, name, pinned string) error
+}
+
+// ImagePuller is the part of the runtime's image service the proxy calls itself.
+type ImagePuller interface {
+	PullImage(ctx context.Context, in *runtimeapi.PullImageRequest, opts ...grpc.CallOption) (*runtimeapi.PullImageResponse, error)
+}
+
+// Proxy is the CRI server in front of the runtime.
+type Proxy struct {
+	upstream grpc.ClientConnInterface
+	images   ImagePuller
+	resolver Resolver
+	verifier func() Verifier
+	tagger   Tagger
+
+	keyring          Keyring
+	nodeCredentials  bool
+	logger           *slog.Logger
+	metrics         *Metrics
+}
+
+// Option configures a Proxy.
+type Option func(*Proxy)
+
+// WithKeyring sets the node credentials used when kubelet sends none.
+func WithKeyring(k Keyring) Option { return func(p *Proxy) { p.keyring = k; p.nodeCredentials = k != nil } }
+
+// WithLogger sets the logger for decisions.
+func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.logger = l } }
+
+// WithMetrics records requests and decisions in m.
+func WithMetrics(m *Metrics) Option { return func(p *Proxy) { p.metrics = m } }
+
+// New returns a proxy that forwards to upstream. verifier is called on every pull, so that a
+// reloaded policy applies to the next pull.
+func New(upstream grpc.ClientConnInterface, resolver Resolver, verifier func() Verifier, tagger Tagger, opts ...Option) *Proxy {
+	p := &Proxy{
+		upstream: upstream,
+		images:   runtimeapi.NewImageServiceClient(upstream),
+		resolver: resolver,
+		verifier: verifier,
+		tagger:   tagger,
+		logger:   slog.Default(),
+	}
+	for _, o := range opts {
+		o(p)
+	}
+	return p
+}
+
+// ServerOptions are the gRPC server options the proxy needs: its codec, the message limits,
+// passthrough of every method it does not intercept, and metrics.
+func (p *Proxy) ServerOptions() []grpc.ServerOption {
+	opts := []grpc.ServerOption{
+		grpc.ForceServerCodec(codec{}),
+		grpc.MaxRecvMsgSize(MaxMessageSize),
+		grpc.MaxSendMsgSize(MaxMessageSize),
+		grpc.UnknownServiceHandler(p.forward),
+	}
+	if p.metrics != nil {
+		opts = append(opts, grpc.ChainUnaryInterceptor(p.metrics.unary), grpc.ChainStreamInterceptor(p.metrics.stream))
+	}
+	return opts
+}
+
+// Register adds the intercepted methods to s. Every other method of every service reaches
+// the runtime through the unknown-service handler.
+func (p *Proxy) Register(s *grpc.Server) {
+	s.RegisterService(&imageServiceDesc, p)
+}
+
+type pullServer interface {
+	PullImage(context.Context, *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error)
+}
+
+var _ pullServer = (*Proxy)(nil)
+
+// imageServiceDesc holds only the intercepted ImageService method; gRPC sends the service's
+// other methods to the unknown-service handler.
+var imageServiceDesc = grpc.ServiceDesc{
+	ServiceName: "runtime.v1.ImageService",
+	HandlerType: (*pullServer)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "PullImage",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+			in := new(runtimeapi.PullImageRequest)
+			if err := dec(in); err != nil {
+				return nil, err
+			}
+			if interceptor == nil {
+				return srv.(pullServer).PullImage(ctx, in)
+			}
+			info := &grpc.UnaryServerInfo{Server: srv, FullMethod: runtimeapi.ImageService_PullImage_FullMethodName}
+			return interceptor(ctx, in, info, func(ctx context.Context, req any) (any, error) {
+				return srv.(pullServer).PullImage(ctx, req.(*runtimeapi.PullImageRequest))
+			})
+		},
+	}},
+	Metadata: "api.proto",
+}

@@ -1,0 +1,145 @@
+package proxy
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/pullgate/pullgate/verify"
+	"github.com/pullgate/pullgate/verify/auth"
+)
+
+// PullImage resolves the image to a digest, asks the policy about that digest, has the runtime
+// pull exactly that digest, and records the tag, so the runtime never pulls what was not checked.
+func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, error) {
+	start := time.Now()
+	ref := req.GetImage().GetImage()
+	log := p.logger.With("image", ref, "namespace", req.GetSandboxConfig().GetMetadata().GetNamespace(), "pod", req.GetSandboxConfig().GetMetadata().GetName())
+
+	resp, d, err := p.pull(ctx, req)
+	attrs := []any{"duration", time.Since(start)}
+	if d.digest != "" {
+		attrs = append(attrs, "digest", d.digest.String())
+	}
+	if d.rule != "" {
+		attrs = append(attrs, "rule", d.rule)
+	}
+	switch {
+	case err == nil:
+		log.Info("pull allowed", append(attrs, "verdict", "allowed")...)
+	case d.verdict == verdictDenied:
+		log.Warn("pull denied", append(attrs, "verdict", "denied", "reason", d.reason)...)
+	default:
+		log.Error("pull failed", append(attrs, "verdict", d.verdict, "error", err)...)
+	}
+	if p.metrics != nil {
+		p.metrics.decisions.WithLabelValues(d.verdict, d.rule).Inc()
+	}
+	return resp, err
+}
+
+const (
+	verdictAllowed = "allowed"
+	verdictDenied  = "denied"
+	verdictError   = "error"
+)
+
+// outcome is what PullImage logs and counts.
+type outcome struct {
+	digest  digest.Digest
+	rule    string
+	verdict string
+	reason  string
+}
+
+func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, outcome, error) {
+	out := outcome{verdict: verdictError}
+	img, err := verify.ParseImage(req.GetImage().GetImage())
+	if err != nil {
+		return nil, out, status.Error(codes.InvalidArgument, "pullgate: "+err.Error())
+	}
+	creds, err := p.credentials(img, req.GetAuth())
+	if err != nil {
+		return nil, out, status.Error(codes.InvalidArgument, "pullgate: "+err.Error())
+	}
+
+	var cred auth.Credential
+	for _, cred = range creds {
+		if out.digest, err = p.resolver.Resolve(ctx, img, cred); err == nil || !isUnauthorized(err) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, out, pullError(err)
+	}
+
+	decision, err := p.verifier().Verify(ctx, verify.Request{
+		Image:      img,
+		Digest:     out.digest,
+		Namespace:  req.GetSandboxConfig().GetMetadata().GetNamespace(),
+		Credential: cred,
+	})
+	out.rule = decision.Rule
+	if err != nil {
+		return nil, out, pullError(err)
+	}
+	pinned := img.Pinned(out.digest)
+	if !decision.Allowed {
+		out.verdict, out.reason = verdictDenied, decision.Reason
+		return nil, out, status.Errorf(codes.Unknown, "SignatureValidationFailed: pullgate: %s denied by policy %q: %s", pinned, decision.Rule, decision.Reason)
+	}
+
+	fwd := proto.CloneOf(req)
+	fwd.Image.Image = pinned.String()
+	if req.GetAuth() == nil && !cred.IsZero() {
+		fwd.Auth = &runtimeapi.AuthConfig{Username: cred.Username, Password: cred.Password, IdentityToken: cred.IdentityToken, RegistryToken: cred.RegistryToken}
+	}
+	resp, err := p.images.PullImage(ctx, fwd)
+	if err != nil {
+		return nil, out, err // the runtime's own error, unchanged
+	}
+	if img.Tag != "" {
+		if err := p.tagger.Tag(ctx, img.String(), pinned.String()); err != nil {
+			return nil, out, status.Errorf(codes.Unknown, "pullgate: pulled %s but could not record tag %s: %v", pinned, img, err)
+		}
+	}
+	out.verdict = verdictAllowed
+	return resp, out, nil
+}
+
+// credentials returns the credentials to try, in order. kubelet's own choice is used alone and
+// only for the image's registry; without one, the node's files are tried, then anonymous access.
+func (p *Proxy) credentials(img verify.Image, a *runtimeapi.AuthConfig) ([]auth.Credential, error) {
+	if a != nil {
+		if a.ServerAddress != "" && !auth.MatchesRegistry(a.ServerAddress, img.Registry) {
+			return nil, fmt.Errorf("credentials are for %q, not for the image's registry %q", a.ServerAddress, img.Registry)
+		}
+		c := auth.Credential{Username: a.Username, Password: a.Password, IdentityToken: a.IdentityToken, RegistryToken: a.RegistryToken}
+		if a.Auth != "" && c.Username == "" && c.Password == "" {
+			dec, err := base64.StdEncoding.DecodeString(a.Auth)
+			user, pass, ok := strings.Cut(string(dec), ":")
+			if err != nil || !ok {
+				return nil, errors.New(`credentials: the "auth" field is not base64 of "user:password"`)
+			}
+			c.Username, c.Password = user, pass
+		}
+		return []auth.Credential{c}, nil
+	}
+	if !p.nodeCredentials {
+		return []auth.Credential{{}}, nil
+	}
+	creds, err := p.keyring.Lookup(img.Name())
+	if err != nil {
+		return nil, err
+	}
+	return append(creds, auth.Credential{}), nil
+}

@@ -1,0 +1,21 @@
+package proxy
+
+import (
+	"context"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Ready checks that the runtime answers ImageFsInfo, and records the answer in the
+// pullgate_upstream_up gauge.
+func (p *Proxy) Ready(ctx context.Context) error {
+	_, err := runtimeapi.NewImageServiceClient(p.upstream).ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
+	if p.metrics != nil {
+		if err != nil {
+			p.metrics.UpstreamUp.Set(0)
+		} else {
+			p.metrics.UpstreamUp.Set(1)
+		}
+	}
+	return err
+}
