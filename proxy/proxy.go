@@ -50,9 +50,9 @@ type Proxy struct {
 	verifier func() Verifier
 	tagger   Tagger
 
-	keyring          Keyring
-	nodeCredentials  bool
-	logger           *slog.Logger
+	keyring         Keyring
+	nodeCredentials bool
+	logger          *slog.Logger
 	metrics         *Metrics
 }
 
@@ -60,7 +60,9 @@ type Proxy struct {
 type Option func(*Proxy)
 
 // WithKeyring sets the node credentials used when kubelet sends none.
-func WithKeyring(k Keyring) Option { return func(p *Proxy) { p.keyring = k; p.nodeCredentials = k != nil } }
+func WithKeyring(k Keyring) Option {
+	return func(p *Proxy) { p.keyring = k; p.nodeCredentials = k != nil }
+}
 
 // WithLogger sets the logger for decisions.
 func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.logger = l } }

@@ -209,4 +209,3 @@ func parseLevel(s string) slog.Level {
 	}
 	return l
 }
-
