@@ -139,7 +139,8 @@ func (p *Proxy) credentials(img verify.Image, a *runtimeapi.AuthConfig) ([]auth.
 	}
 	creds, err := p.keyring.Lookup(img.Name())
 	if err != nil {
-		return nil, err
+		// A broken entry in one file must not stop the node's other credentials from working.
+		p.logger.Warn("node credential files have problems", "image", img.Name(), "error", err)
 	}
 	return append(creds, auth.Credential{}), nil
 }

@@ -1,0 +1,390 @@
+// Package harness starts the real parts the end-to-end tests run against: a containerd on a
+// temporary root and socket, and a registry with real basic or token auth on loopback.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"text/template"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Containerd is a containerd process on its own root, state dir and socket.
+// Stop and Start fail the test given to StartContainerd, so call them from that test's goroutine.
+type Containerd struct {
+	Socket    string // path of the gRPC socket
+	Endpoint  string // "unix://" + Socket, as kubelet and pullgate take it
+	CertsDir  string // registry.config_path of the CRI plugin; see HostsTOML
+	Namespace string // containerd namespace the CRI plugin uses
+	Version   string // as printed by `containerd --version`, e.g. "1.6.20~ds1" or "2.4.2+unknown"
+
+	t       testing.TB
+	bin     string
+	dir     string
+	config  string
+	logPath string
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when cmd has been waited for
+}
+
+// startTimeout bounds how long containerd may take to answer CRI calls after it was started.
+const startTimeout = 30 * time.Second
+
+// StartContainerd starts the containerd binary bin and waits until its CRI image service answers.
+// Everything it creates is removed when the test ends; its log is shown only if the test failed.
+func StartContainerd(t testing.TB, bin string) *Containerd {
+	t.Helper()
+	version, major, err := containerdVersion(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A short directory under /tmp, not t.TempDir: Unix socket paths are limited to 108 bytes.
+	dir, err := os.MkdirTemp("/tmp", "pg-ctrd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Containerd{
+		Socket:    filepath.Join(dir, "c.sock"),
+		CertsDir:  filepath.Join(dir, "certs.d"),
+		Namespace: "k8s.io",
+		Version:   version,
+		t:         t,
+		bin:       bin,
+		dir:       dir,
+		config:    filepath.Join(dir, "config.toml"),
+		logPath:   filepath.Join(dir, "containerd.log"),
+	}
+	c.Endpoint = "unix://" + c.Socket
+	t.Cleanup(c.cleanup)
+
+	for _, d := range []string{c.CertsDir, filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "net.d")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tmpl := configV2
+	if major >= 2 {
+		tmpl = configV3
+	}
+	var cfg bytes.Buffer
+	data := struct {
+		*Containerd
+		Platform string
+	}{c, "linux/" + runtime.GOARCH}
+	if err := tmpl.Execute(&cfg, data); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(c.config, cfg.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.Start()
+	return c
+}
+
+// Dir is the directory holding containerd's root, state, sockets, config and log.
+func (c *Containerd) Dir() string { return c.dir }
+
+// Start starts containerd (again) on the same root and waits until it answers ImageFsInfo.
+func (c *Containerd) Start() {
+	c.t.Helper()
+	if c.cmd != nil {
+		c.t.Fatal("containerd: Start while running")
+	}
+	logFile, err := os.OpenFile(c.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer logFile.Close() // the child has its own copy
+	cmd := exec.Command(c.bin, "--config", c.config)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// Pdeathsig: a test binary killed by `go test -timeout` must not leave containerd behind.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("start containerd: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	c.cmd, c.exited = cmd, exited
+
+	if err := c.waitReady(); err != nil {
+		c.t.Fatalf("containerd %s: %v", c.Version, err)
+	}
+}
+
+// waitReady polls with a real CRI call, since the socket appears before the CRI plugin is up.
+func (c *Containerd) waitReady() error {
+	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	client := runtimeapi.NewImageServiceClient(conn)
+	deadline := time.Now().Add(startTimeout)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := client.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-c.exited:
+			return fmt.Errorf("exited during start: %v", c.cmd.ProcessState)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %v: %w", startTimeout, err)
+		}
+	}
+}
+
+// Stop stops containerd gracefully (SIGTERM, then SIGKILL after a grace period). Stopping a
+// stopped containerd does nothing.
+func (c *Containerd) Stop() {
+	c.t.Helper()
+	if err := c.stop(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *Containerd) stop() error {
+	if c.cmd == nil {
+		return nil
+	}
+	defer func() { c.cmd = nil }()
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+		return nil
+	case <-time.After(10 * time.Second):
+	}
+	_ = syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+	<-c.exited
+	return errors.New("containerd did not stop on SIGTERM within 10s; killed")
+}
+
+func (c *Containerd) cleanup() {
+	if err := c.stop(); err != nil {
+		c.t.Error(err)
+	}
+	if c.t.Failed() {
+		if b, err := os.ReadFile(c.logPath); err == nil {
+			c.t.Logf("containerd %s log (%s):\n%s", c.Version, c.logPath, tail(b, 256<<10))
+		}
+	}
+	// The CRI plugin and snapshotters may leave mounts (e.g. a tmpfs for the sandbox /dev/shm) that
+	// would make RemoveAll fail with EBUSY.
+	unmountUnder(c.dir)
+	if err := os.RemoveAll(c.dir); err != nil {
+		c.t.Errorf("remove containerd dir: %v", err)
+	}
+}
+
+// HostsTOML writes CertsDir/<host>/hosts.toml so that pulls from host go to server, for example
+// "http://127.0.0.1:5000" for plain HTTP. caFile, if not empty, is the CA that signs server's certificate.
+// containerd reads this file at each pull, so it can be written while containerd runs.
+func (c *Containerd) HostsTOML(host, server, caFile string) {
+	c.t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", server, server)
+	if caFile != "" {
+		fmt.Fprintf(&b, "  ca = %q\n", caFile)
+	}
+	dir := filepath.Join(c.CertsDir, host) // "127.0.0.1:5000" as is: only Windows rewrites the colon
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(b.String()), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// containerdVersion runs `bin --version`, which prints
+// "containerd github.com/containerd/containerd[/v2] VERSION REVISION".
+func containerdVersion(bin string) (version string, major int, err error) {
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		return "", 0, fmt.Errorf("%s --version: %w", bin, err)
+	}
+	fields := strings.Fields(string(out))
+	if len(fields) < 3 {
+		return "", 0, fmt.Errorf("%s --version: unexpected output %q", bin, out)
+	}
+	version = strings.TrimPrefix(fields[2], "v")
+	if _, err := fmt.Sscanf(version, "%d.", &major); err != nil {
+		return "", 0, fmt.Errorf("%s --version: no major version in %q", bin, out)
+	}
+	return version, major, nil
+}
+
+// ContainerdBinaries returns the containerd binaries to test against, keyed "1.6" and "2.x".
+// A missing binary fails the test in CI (CI=true) and skips it elsewhere.
+func ContainerdBinaries(t testing.TB) map[string]string {
+	t.Helper()
+	bins := map[string]string{}
+	var missing []string
+	v1 := os.Getenv("PULLGATE_CONTAINERD1")
+	if v1 == "" {
+		v1 = "/usr/bin/containerd"
+	}
+	if isExecutable(v1) {
+		bins["1.6"] = v1
+	} else {
+		missing = append(missing, fmt.Sprintf("containerd 1.6 not found at %s: install Debian's containerd package (apt-get install containerd) or set PULLGATE_CONTAINERD1", v1))
+	}
+	v2 := os.Getenv("PULLGATE_CONTAINERD2")
+	if isExecutable(v2) {
+		bins["2.x"] = v2
+	} else {
+		missing = append(missing, fmt.Sprintf("containerd 2.x not found (PULLGATE_CONTAINERD2=%q): build it with `go install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@v2.4.2` and set PULLGATE_CONTAINERD2 to the binary", v2))
+	}
+	if len(missing) > 0 {
+		msg := strings.Join(missing, "; ")
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return bins
+}
+
+func isExecutable(path string) bool {
+	if path == "" {
+		return false
+	}
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// unmountUnder lazily unmounts every mount point below dir, deepest first.
+func unmountUnder(dir string) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var points []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			points = append(points, f[4])
+		}
+	}
+	for i := len(points) - 1; i >= 0; i-- {
+		_ = unix.Unmount(points[i], unix.MNT_DETACH)
+	}
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) <= n {
+		return b
+	}
+	return append([]byte("...\n"), b[len(b)-n:]...)
+}
+
+// Plugins that need kernel features, tools or services absent in test sandboxes; disabling them
+// keeps startup quick and the log free of noise. Unknown names are ignored by both versions.
+const disabledPlugins = `[
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.differ.v1.erofs",
+  "io.containerd.internal.v1.tracing",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.nri.v1.nri",
+]`
+
+// configV2 is for containerd 1.x: one CRI plugin holds image and runtime settings.
+// The native snapshotter works on any filesystem, overlayfs not in every sandbox.
+var configV2 = template.Must(template.New("v2").Parse(`version = 2
+root = "{{.Dir}}/root"
+state = "{{.Dir}}/state"
+imports = []
+disabled_plugins = ` + disabledPlugins + `
+
+[grpc]
+  address = "{{.Socket}}"
+
+[ttrpc]
+  address = "{{.Socket}}.ttrpc"
+
+[debug]
+  address = "{{.Dir}}/debug.sock"
+  level = "debug"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{{.Dir}}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{{.Dir}}/cni/bin"
+    conf_dir = "{{.Dir}}/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{{.CertsDir}}"
+`))
+
+// configV3 is for containerd 2.x, where the CRI plugin is split into an images and a runtime
+// plugin. containerd 2.4 writes version 4 but migrates version 3, which every 2.x reads.
+var configV3 = template.Must(template.New("v3").Parse(`version = 3
+root = "{{.Dir}}/root"
+state = "{{.Dir}}/state"
+imports = []
+disabled_plugins = ` + disabledPlugins + `
+
+[grpc]
+  address = "{{.Socket}}"
+
+[ttrpc]
+  address = "{{.Socket}}.ttrpc"
+
+[debug]
+  address = "{{.Dir}}/debug.sock"
+  level = "debug"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{{.Dir}}/opt"
+
+# CRI pulls through the transfer service in 2.1+, which unpacks only for the snapshotters listed
+# here (overlayfs by default): without this entry pulls fail with "no unpack platforms defined".
+[plugins."io.containerd.transfer.v1.local"]
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = "{{.Platform}}"
+    snapshotter = "native"
+    differ = "walking"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "native"
+  [plugins."io.containerd.cri.v1.images".registry]
+    config_path = "{{.CertsDir}}"
+
+[plugins."io.containerd.cri.v1.runtime"]
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{{.Dir}}/cni/bin"]
+    conf_dir = "{{.Dir}}/cni/net.d"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+`))

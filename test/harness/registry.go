@@ -1,0 +1,349 @@
+package harness
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"maps"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+)
+
+// Registry is go-containerregistry's in-process registry on a loopback TCP port, plain HTTP,
+// behind real basic or token (bearer) authentication.
+type Registry struct {
+	Host     string // "127.0.0.1:PORT"
+	URL      string // "http://127.0.0.1:PORT"
+	Username string // the first user, used by the push helpers
+	Password string
+
+	tokenAuth bool
+	users     map[string]string
+
+	mu       sync.Mutex
+	tokens   map[string]bool
+	requests Requests
+}
+
+// Requests counts what the registry was asked. Requests made by the harness's own push helpers
+// are not counted, so tests see only what their subjects did.
+type Requests struct {
+	// ManifestHEAD and ManifestGET count authorized manifest requests by the reference in the
+	// URL: "repo:tag" or "repo@sha256:...".
+	ManifestHEAD map[string]int
+	ManifestGET  map[string]int
+	BlobGET      int // authorized blob GETs, any repository
+	Unauthorized int // requests answered 401, on /v2/ or /token
+	Tokens       int // tokens issued by /token (token mode)
+}
+
+// RegistryOption configures StartRegistry.
+type RegistryOption func(*Registry)
+
+// WithUser adds an account; the first one added is Registry.Username. Without any, the registry
+// has one user "pullgate" with a random password.
+func WithUser(user, password string) RegistryOption {
+	return func(r *Registry) {
+		if r.Username == "" {
+			r.Username, r.Password = user, password
+		}
+		r.users[user] = password
+	}
+}
+
+// WithTokenAuth makes the registry answer with a Bearer challenge pointing at its own /token
+// endpoint, as Docker Hub and most hosted registries do, instead of asking for basic auth.
+func WithTokenAuth() RegistryOption {
+	return func(r *Registry) { r.tokenAuth = true }
+}
+
+// setupHeader marks the push helpers' requests so that they are not counted.
+const setupHeader = "X-Pullgate-Harness-Setup"
+
+// realm is the basic-auth realm and the bearer-token service name.
+const realm = "pullgate-test"
+
+// StartRegistry starts a registry that is closed when the test ends.
+func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
+	t.Helper()
+	r := &Registry{users: map[string]string{}, tokens: map[string]bool{}}
+	for _, o := range opts {
+		o(r)
+	}
+	if r.Username == "" {
+		WithUser("pullgate", randomHex(8))(r)
+	}
+	r.Reset()
+
+	upstream := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	mux := http.NewServeMux()
+	mux.HandleFunc("/token", r.serveToken)
+	mux.Handle("/v2/", r.authenticate(upstream))
+	srv := httptest.NewServer(mux) // listens on 127.0.0.1:0
+	t.Cleanup(srv.Close)
+	r.URL = srv.URL
+	r.Host = strings.TrimPrefix(srv.URL, "http://")
+	return r
+}
+
+// Requests returns a snapshot of the counters.
+func (r *Registry) Requests() Requests {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.requests
+	s.ManifestHEAD = maps.Clone(s.ManifestHEAD)
+	s.ManifestGET = maps.Clone(s.ManifestGET)
+	return s
+}
+
+// Reset sets all counters to zero.
+func (r *Registry) Reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.requests = Requests{ManifestHEAD: map[string]int{}, ManifestGET: map[string]int{}}
+}
+
+func (r *Registry) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		setup := req.Header.Get(setupHeader) != ""
+		if !r.authorized(req) {
+			if !setup {
+				r.count(func(c *Requests) { c.Unauthorized++ })
+			}
+			r.challenge(w, req)
+			return
+		}
+		if !setup {
+			r.countServed(req)
+		}
+		next.ServeHTTP(w, req)
+	})
+}
+
+func (r *Registry) authorized(req *http.Request) bool {
+	h := req.Header.Get("Authorization")
+	if r.tokenAuth {
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return ok && r.tokens[tok]
+	}
+	user, pass, ok := req.BasicAuth()
+	return ok && r.checkUser(user, pass)
+}
+
+func (r *Registry) checkUser(user, pass string) bool {
+	want, ok := r.users[user]
+	return ok && want == pass
+}
+
+func (r *Registry) challenge(w http.ResponseWriter, req *http.Request) {
+	if r.tokenAuth {
+		c := fmt.Sprintf(`Bearer realm="%s/token",service="%s"`, r.URL, realm)
+		if repo, _, _ := splitPath(req.URL.Path); repo != "" {
+			action := "pull"
+			if req.Method != http.MethodGet && req.Method != http.MethodHead {
+				action = "pull,push"
+			}
+			c += fmt.Sprintf(`,scope="repository:%s:%s"`, repo, action)
+		}
+		w.Header().Set("WWW-Authenticate", c)
+	} else {
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Basic realm=%q`, realm))
+	}
+	writeUnauthorized(w)
+}
+
+func writeUnauthorized(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusUnauthorized)
+	_, _ = io.WriteString(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}`)
+}
+
+// serveToken implements the token endpoint of the distribution token-auth spec: GET with basic
+// credentials (docker, go-containerregistry), and the OAuth2 password grant by POST, which
+// containerd tries first when it has a password.
+func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
+	var user, pass string
+	var ok bool
+	switch req.Method {
+	case http.MethodGet:
+		user, pass, ok = req.BasicAuth()
+	case http.MethodPost:
+		ok = req.ParseForm() == nil && req.PostForm.Get("grant_type") == "password"
+		user, pass = req.PostForm.Get("username"), req.PostForm.Get("password")
+	default:
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		return
+	}
+	setup := req.Header.Get(setupHeader) != ""
+	if !r.tokenAuth || !ok || !r.checkUser(user, pass) {
+		if !setup {
+			r.count(func(c *Requests) { c.Unauthorized++ })
+		}
+		writeUnauthorized(w)
+		return
+	}
+	tok := randomHex(16)
+	r.mu.Lock()
+	r.tokens[tok] = true
+	if !setup {
+		r.requests.Tokens++
+	}
+	r.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(map[string]any{"token": tok, "access_token": tok, "expires_in": 300})
+}
+
+func (r *Registry) countServed(req *http.Request) {
+	repo, kind, ref := splitPath(req.URL.Path)
+	key := repo + ":" + ref
+	if strings.Contains(ref, ":") {
+		key = repo + "@" + ref
+	}
+	r.count(func(c *Requests) {
+		switch {
+		case kind == "manifests" && req.Method == http.MethodHead:
+			c.ManifestHEAD[key]++
+		case kind == "manifests" && req.Method == http.MethodGet:
+			c.ManifestGET[key]++
+		case kind == "blobs" && req.Method == http.MethodGet:
+			c.BlobGET++
+		}
+	})
+}
+
+func (r *Registry) count(f func(*Requests)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	f(&r.requests)
+}
+
+// splitPath splits "/v2/<repo>/<kind>/<ref>" where kind is manifests, blobs or tags. Repository
+// names may contain slashes, so the last kind segment wins.
+func splitPath(path string) (repo, kind, ref string) {
+	p, ok := strings.CutPrefix(path, "/v2/")
+	if !ok {
+		return "", "", ""
+	}
+	for _, k := range []string{"/manifests/", "/blobs/", "/tags/"} {
+		if i := strings.LastIndex(p, k); i > 0 {
+			return p[:i], strings.Trim(k, "/"), p[i+len(k):]
+		}
+	}
+	return "", "", ""
+}
+
+// PushRandomImage pushes a small random image for the host's platform (linux/GOARCH, which
+// containerd's CRI plugin requires) as repo:tag and returns it.
+func (r *Registry) PushRandomImage(t testing.TB, repo, tag string) v1.Image {
+	t.Helper()
+	img := randomImage(t, "linux", runtime.GOARCH)
+	if err := remote.Write(r.tag(t, repo, tag), img, r.remoteOptions()...); err != nil {
+		t.Fatalf("push %s/%s:%s: %v", r.Host, repo, tag, err)
+	}
+	return img
+}
+
+// PushIndex pushes an index with one random image per platform ("os/arch") as repo:tag.
+func (r *Registry) PushIndex(t testing.TB, repo, tag string, platforms ...string) v1.ImageIndex {
+	t.Helper()
+	var adds []mutate.IndexAddendum
+	for _, p := range platforms {
+		goos, arch, ok := strings.Cut(p, "/")
+		if !ok {
+			t.Fatalf("platform %q: want os/arch", p)
+		}
+		adds = append(adds, mutate.IndexAddendum{
+			Add:        randomImage(t, goos, arch),
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: goos, Architecture: arch}},
+		})
+	}
+	idx := mutate.AppendManifests(empty.Index, adds...)
+	if err := remote.WriteIndex(r.tag(t, repo, tag), idx, r.remoteOptions()...); err != nil {
+		t.Fatalf("push index %s/%s:%s: %v", r.Host, repo, tag, err)
+	}
+	return idx
+}
+
+// Tag points repo:tag at the manifest or index repo@digest, which must already be pushed.
+func (r *Registry) Tag(t testing.TB, repo, tag string, digest v1.Hash) {
+	t.Helper()
+	src, err := name.NewDigest(fmt.Sprintf("%s/%s@%s", r.Host, repo, digest), name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	desc, err := remote.Get(src, r.remoteOptions()...)
+	if err != nil {
+		t.Fatalf("get %s: %v", src, err)
+	}
+	if err := remote.Tag(r.tag(t, repo, tag), desc, r.remoteOptions()...); err != nil {
+		t.Fatalf("tag %s as %s: %v", src, tag, err)
+	}
+}
+
+func (r *Registry) tag(t testing.TB, repo, tag string) name.Tag {
+	t.Helper()
+	ref, err := name.NewTag(fmt.Sprintf("%s/%s:%s", r.Host, repo, tag), name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+func (r *Registry) remoteOptions() []remote.Option {
+	return []remote.Option{
+		remote.WithAuth(&authn.Basic{Username: r.Username, Password: r.Password}),
+		remote.WithTransport(setupTransport{http.DefaultTransport}),
+	}
+}
+
+// setupTransport marks requests as the harness's own, so that they are not counted.
+type setupTransport struct{ next http.RoundTripper }
+
+func (s setupTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	req = req.Clone(req.Context())
+	req.Header.Set(setupHeader, "1")
+	return s.next.RoundTrip(req)
+}
+
+func randomImage(t testing.TB, goos, arch string) v1.Image {
+	t.Helper()
+	img, err := random.Image(512, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = goos, arch
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never returns an error
+	return hex.EncodeToString(b)
+}
