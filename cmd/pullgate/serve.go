@@ -105,6 +105,7 @@ func serve(args []string) error {
 			return fmt.Errorf("metrics address: %w", err)
 		}
 		go http.Serve(ml, healthMux(reg, p))
+		logger.Info("metrics serving", "address", ml.Addr().String())
 	}
 
 	serveErr := make(chan error, 1)

@@ -1,0 +1,190 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Pullgate is a `pullgate serve` process.
+type Pullgate struct {
+	Socket     string // path of its CRI socket
+	Endpoint   string // "unix://" + Socket
+	MetricsURL string // "http://127.0.0.1:PORT"
+	ConfigPath string
+
+	t    testing.TB
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+var (
+	buildOnce sync.Once
+	buildPath string
+	buildErr  error
+)
+
+// PullgateBinary returns the pullgate binary under test: $PULLGATE_BIN (the Makefile builds it
+// once for the whole run), or one built now, once per test binary.
+func PullgateBinary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("PULLGATE_BIN"); p != "" {
+		return p
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pullgate-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "pullgate")
+		_, file, _, _ := runtime.Caller(0)
+		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/pullgate")
+		cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/pullgate: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+// StartPullgate runs `pullgate serve` with config (YAML) and waits until it accepts connections.
+// It is stopped with SIGTERM when the test ends; its log is shown if the test failed.
+func StartPullgate(t testing.TB, bin, config string) *Pullgate {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "pg-gate-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := &Pullgate{t: t, Socket: filepath.Join(dir, "pullgate.sock"), ConfigPath: filepath.Join(dir, "config.yaml"), logs: &syncBuffer{}, done: make(chan struct{})}
+	p.Endpoint = "unix://" + p.Socket
+	if err := os.WriteFile(p.ConfigPath, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd = exec.Command(bin, "serve", "--config", p.ConfigPath, "--listen", p.Endpoint)
+	p.cmd.Stdout = p.logs
+	p.cmd.Stderr = p.logs
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(30 * time.Second):
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("pullgate log:\n%s", p.Logs())
+		}
+	})
+	deadline := time.Now().Add(startTimeout)
+	for {
+		if c, err := net.Dial("unix", p.Socket); err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("pullgate exited: %v\n%s", p.err, p.Logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pullgate did not listen on %s within %s\n%s", p.Socket, startTimeout, p.Logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if addr := p.WaitLog("metrics serving", nil)["address"]; addr != nil {
+		p.MetricsURL = "http://" + addr.(string)
+	}
+	return p
+}
+
+// Logs returns everything pullgate wrote so far.
+func (p *Pullgate) Logs() string { return p.logs.String() }
+
+// LogLines returns pullgate's JSON log lines with message msg.
+func (p *Pullgate) LogLines(msg string) []map[string]any {
+	var lines []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader([]byte(p.Logs())))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if json.Unmarshal(sc.Bytes(), &m) == nil && m["msg"] == msg {
+			lines = append(lines, m)
+		}
+	}
+	return lines
+}
+
+// WaitLog waits until pullgate logs a line with message msg for which match (if any) is true.
+func (p *Pullgate) WaitLog(msg string, match func(map[string]any) bool) map[string]any {
+	p.t.Helper()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		for _, l := range p.LogLines(msg) {
+			if match == nil || match(l) {
+				return l
+			}
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("pullgate did not log %q within %s\n%s", msg, startTimeout, p.Logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Signal sends sig to pullgate.
+func (p *Pullgate) Signal(sig os.Signal) {
+	select {
+	case <-p.done:
+	default:
+		p.cmd.Process.Signal(sig)
+	}
+}
+
+// Wait waits for pullgate to exit and returns its exit error.
+func (p *Pullgate) Wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		return fmt.Errorf("pullgate still running after %s", timeout)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
