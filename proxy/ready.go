@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -18,4 +19,21 @@ func (p *Proxy) Ready(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// MonitorUpstream checks the runtime every interval until ctx ends, so that
+// pullgate_upstream_up is current even when nobody asks /readyz.
+func (p *Proxy) MonitorUpstream(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		check, cancel := context.WithTimeout(ctx, interval)
+		p.Ready(check)
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -108,6 +108,10 @@ func serve(args []string) error {
 		logger.Info("metrics serving", "address", ml.Addr().String())
 	}
 
+	monitorCtx, stopMonitor := context.WithCancel(context.Background())
+	defer stopMonitor()
+	go p.MonitorUpstream(monitorCtx, 5*time.Second)
+
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	logger.Info("pullgate serving", "version", versionString(), "listen", cfg.Listen, "runtime", cfg.RuntimeEndpoint, "defaultAction", cfg.DefaultAction)

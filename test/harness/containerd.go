@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"strings"
 	"syscall"
-	"testing"
 	"text/template"
 	"time"
 
@@ -32,7 +31,7 @@ type Containerd struct {
 	Namespace string // containerd namespace the CRI plugin uses
 	Version   string // as printed by `containerd --version`, e.g. "1.6.20~ds1" or "2.4.2+unknown"
 
-	t       testing.TB
+	t       T
 	bin     string
 	dir     string
 	config  string
@@ -46,7 +45,7 @@ const startTimeout = 30 * time.Second
 
 // StartContainerd starts the containerd binary bin and waits until its CRI image service answers.
 // Everything it creates is removed when the test ends; its log is shown only if the test failed.
-func StartContainerd(t testing.TB, bin string) *Containerd {
+func StartContainerd(t T, bin string) *Containerd {
 	t.Helper()
 	version, major, err := containerdVersion(bin)
 	if err != nil {
@@ -233,7 +232,7 @@ func containerdVersion(bin string) (version string, major int, err error) {
 
 // ContainerdBinaries returns the containerd binaries to test against, keyed "1.6" and "2.x".
 // A missing binary fails the test in CI (CI=true) and skips it elsewhere.
-func ContainerdBinaries(t testing.TB) map[string]string {
+func ContainerdBinaries(t T) map[string]string {
 	t.Helper()
 	bins := map[string]string{}
 	var missing []string

@@ -12,7 +12,6 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 )
 
@@ -23,7 +22,7 @@ type Pullgate struct {
 	MetricsURL string // "http://127.0.0.1:PORT"
 	ConfigPath string
 
-	t    testing.TB
+	t    T
 	cmd  *exec.Cmd
 	logs *syncBuffer
 	done chan struct{}
@@ -38,7 +37,7 @@ var (
 
 // PullgateBinary returns the pullgate binary under test: $PULLGATE_BIN (the Makefile builds it
 // once for the whole run), or one built now, once per test binary.
-func PullgateBinary(t testing.TB) string {
+func PullgateBinary(t T) string {
 	t.Helper()
 	if p := os.Getenv("PULLGATE_BIN"); p != "" {
 		return p
@@ -65,7 +64,7 @@ func PullgateBinary(t testing.TB) string {
 
 // StartPullgate runs `pullgate serve` with config (YAML) and waits until it accepts connections.
 // It is stopped with SIGTERM when the test ends; its log is shown if the test failed.
-func StartPullgate(t testing.TB, bin, config string) *Pullgate {
+func StartPullgate(t T, bin, config string) *Pullgate {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "pg-gate-")
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -80,7 +79,7 @@ const setupHeader = "X-Pullgate-Harness-Setup"
 const realm = "pullgate-test"
 
 // StartRegistry starts a registry that is closed when the test ends.
-func StartRegistry(t testing.TB, opts ...RegistryOption) *Registry {
+func StartRegistry(t T, opts ...RegistryOption) *Registry {
 	t.Helper()
 	r := &Registry{users: map[string]string{}, tokens: map[string]bool{}}
 	for _, o := range opts {
@@ -252,7 +251,7 @@ func splitPath(path string) (repo, kind, ref string) {
 
 // PushRandomImage pushes a small random image for the host's platform (linux/GOARCH, which
 // containerd's CRI plugin requires) as repo:tag and returns it.
-func (r *Registry) PushRandomImage(t testing.TB, repo, tag string) v1.Image {
+func (r *Registry) PushRandomImage(t T, repo, tag string) v1.Image {
 	t.Helper()
 	img := randomImage(t, "linux", runtime.GOARCH)
 	if err := remote.Write(r.tag(t, repo, tag), img, r.remoteOptions()...); err != nil {
@@ -262,7 +261,7 @@ func (r *Registry) PushRandomImage(t testing.TB, repo, tag string) v1.Image {
 }
 
 // PushIndex pushes an index with one random image per platform ("os/arch") as repo:tag.
-func (r *Registry) PushIndex(t testing.TB, repo, tag string, platforms ...string) v1.ImageIndex {
+func (r *Registry) PushIndex(t T, repo, tag string, platforms ...string) v1.ImageIndex {
 	t.Helper()
 	var adds []mutate.IndexAddendum
 	for _, p := range platforms {
@@ -283,7 +282,7 @@ func (r *Registry) PushIndex(t testing.TB, repo, tag string, platforms ...string
 }
 
 // Tag points repo:tag at the manifest or index repo@digest, which must already be pushed.
-func (r *Registry) Tag(t testing.TB, repo, tag string, digest v1.Hash) {
+func (r *Registry) Tag(t T, repo, tag string, digest v1.Hash) {
 	t.Helper()
 	src, err := name.NewDigest(fmt.Sprintf("%s/%s@%s", r.Host, repo, digest), name.Insecure)
 	if err != nil {
@@ -298,7 +297,7 @@ func (r *Registry) Tag(t testing.TB, repo, tag string, digest v1.Hash) {
 	}
 }
 
-func (r *Registry) tag(t testing.TB, repo, tag string) name.Tag {
+func (r *Registry) tag(t T, repo, tag string) name.Tag {
 	t.Helper()
 	ref, err := name.NewTag(fmt.Sprintf("%s/%s:%s", r.Host, repo, tag), name.Insecure)
 	if err != nil {
@@ -323,7 +322,7 @@ func (s setupTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return s.next.RoundTrip(req)
 }
 
-func randomImage(t testing.TB, goos, arch string) v1.Image {
+func randomImage(t T, goos, arch string) v1.Image {
 	t.Helper()
 	img, err := random.Image(512, 2)
 	if err != nil {
