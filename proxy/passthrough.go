@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"io"
 
@@ -8,6 +9,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // frame is one gRPC message carried without decoding it.
@@ -36,6 +38,39 @@ func (codec) Unmarshal(data []byte, v any) error {
 	return proto.Unmarshal(data, v.(proto.Message))
 }
 
+// unary holds the CRI methods known to be unary. They take a cheaper path than a stream; any
+// other method, including ones this build does not know, is relayed as a stream.
+var unary = func() map[string]bool {
+	m := map[string]bool{}
+	for _, svc := range []grpc.ServiceDesc{runtimeapi.RuntimeService_ServiceDesc, runtimeapi.ImageService_ServiceDesc} {
+		for _, md := range svc.Methods {
+			m["/"+svc.ServiceName+"/"+md.MethodName] = true
+		}
+	}
+	return m
+}()
+
+// forwardUnary relays one request and its reply.
+func (p *Proxy) forwardUnary(ctx context.Context, method string, in grpc.ServerStream) error {
+	var req, resp frame
+	if err := in.RecvMsg(&req); err != nil {
+		return err
+	}
+	var header, trailer metadata.MD
+	err := p.upstream.Invoke(ctx, method, &req, &resp, grpc.ForceCodec(codec{}), grpc.Header(&header), grpc.Trailer(&trailer))
+	// SetHeader, not SendHeader: the header then leaves with the reply, in one write.
+	if len(header) > 0 {
+		if err := in.SetHeader(header); err != nil {
+			return err
+		}
+	}
+	in.SetTrailer(trailer)
+	if err != nil {
+		return err
+	}
+	return in.SendMsg(&resp)
+}
+
 // hopHeaders are set by each gRPC hop itself and must not be copied onto the next one.
 var hopHeaders = []string{":authority", "content-type", "user-agent", "grpc-timeout", "te"}
 
@@ -55,6 +90,9 @@ func (p *Proxy) forward(_ any, in grpc.ServerStream) error {
 			delete(md, h)
 		}
 		ctx = metadata.NewOutgoingContext(ctx, md)
+	}
+	if unary[method] {
+		return p.forwardUnary(ctx, method, in)
 	}
 	out, err := p.upstream.NewStream(ctx, bidi, method, grpc.ForceCodec(codec{}))
 	if err != nil {
@@ -90,7 +128,7 @@ func (p *Proxy) forward(_ any, in grpc.ServerStream) error {
 		}
 		if !headerSent {
 			if md, err := out.Header(); err == nil && len(md) > 0 {
-				if err := in.SendHeader(md); err != nil {
+				if err := in.SetHeader(md); err != nil {
 					return err
 				}
 			}

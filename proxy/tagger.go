@@ -37,14 +37,16 @@ func (s *ImageStore) Tag(ctx context.Context, name, pinned string) error {
 		return fmt.Errorf("look up %s: %w", pinned, err)
 	}
 	img := images.Image{Name: name, Target: src.Target, Labels: src.Labels}
-	if _, err := s.store.Create(ctx, img); err == nil || !errdefs.IsAlreadyExists(err) {
-		return err
-	}
+	// Most pulls find the tag already right: check with a read before writing.
 	old, err := s.store.Get(ctx, name)
-	if err != nil {
+	switch {
+	case errdefs.IsNotFound(err):
+		if _, err := s.store.Create(ctx, img); !errdefs.IsAlreadyExists(err) {
+			return err
+		}
+	case err != nil:
 		return err
-	}
-	if old.Target.Digest == img.Target.Digest {
+	case old.Target.Digest == img.Target.Digest:
 		return nil
 	}
 	paths := []string{"target"}

@@ -1,0 +1,210 @@
+// Command bench measures pullgate against direct containerd, side by side in one run, with
+// kubelet's own CRI client. Run it as root with `make bench`; docs/benchmarks.md has the numbers.
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"go.opentelemetry.io/otel/trace/noop"
+	internalapi "k8s.io/cri-api/pkg/apis"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	remoteclient "k8s.io/cri-client/pkg"
+	"k8s.io/klog/v2"
+
+	"github.com/pullgate/pullgate/test/harness"
+)
+
+func main() {
+	images := flag.Int("images", 500, "images in containerd's store")
+	statusN := flag.Int("status", 2000, "ImageStatus calls per side")
+	listN := flag.Int("list", 200, "ListImages calls per side")
+	pullN := flag.Int("pull", 300, "warm PullImage calls per side")
+	bin := flag.String("containerd", envOr("PULLGATE_CONTAINERD2", "/usr/bin/containerd"), "containerd binary")
+	flag.Parse()
+	quietKlog()
+
+	t := &harness.Program{}
+	defer t.Close()
+	ctx := context.Background()
+	ctrd := harness.StartContainerd(t, *bin)
+	reg := harness.StartRegistry(t, harness.WithUser("bench", "bench-secret"))
+	ctrd.HostsTOML(reg.Host, reg.URL, "")
+	dir, err := os.MkdirTemp("", "pullgate-bench-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	creds := filepath.Join(dir, "config.json")
+	b, _ := json.Marshal(map[string]any{"auths": map[string]any{reg.Host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte("bench:bench-secret"))}}})
+	if err := os.WriteFile(creds, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gate := harness.StartPullgate(t, harness.PullgateBinary(t), fmt.Sprintf(
+		"apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\nruntimeEndpoint: %s\nregistryConfigPath: %s\nstateDir: %s\nmetricsAddress: 127.0.0.1:0\nauth:\n  files: [%s]\ndefaultAction: allow\n",
+		ctrd.Endpoint, ctrd.CertsDir, dir, creds))
+
+	direct := client(t, ctrd.Endpoint)
+	proxied := client(t, gate.Endpoint)
+	auth := &runtimeapi.AuthConfig{Username: "bench", Password: "bench-secret"}
+
+	fmt.Fprintf(os.Stderr, "filling containerd %s with %d images...\n", ctrd.Version, *images)
+	fill(t, ctx, reg, direct, auth, *images)
+	ref := reg.Host + "/bench/img-0:v1"
+	pinned := pinnedRef(t, reg, "bench/img-0", "v1")
+
+	var rows []row
+	spec := &runtimeapi.ImageSpec{Image: ref}
+	measure := func(op string, n int, f func(internalapi.ImageManagerService) error) {
+		d := run(t, n, func() error { return f(direct) })
+		p := run(t, n, func() error { return f(proxied) })
+		rows = append(rows, row{op, n, d, p})
+	}
+	measure("ImageStatus", *statusN, func(s internalapi.ImageManagerService) error {
+		_, err := s.ImageStatus(ctx, spec, false)
+		return err
+	})
+	measure(fmt.Sprintf("ListImages (%d images)", *images), *listN, func(s internalapi.ImageManagerService) error {
+		l, err := s.ListImages(ctx, nil)
+		if err == nil && len(l) < *images {
+			err = fmt.Errorf("ListImages returned %d images", len(l))
+		}
+		return err
+	})
+	measure("PullImage, present, by tag", *pullN, func(s internalapi.ImageManagerService) error {
+		_, err := s.PullImage(ctx, spec, auth, nil)
+		return err
+	})
+	// What pullgate adds to a warm pull is one HEAD and a pull by digest; measure both alone to
+	// tell pullgate's own time from the registry's and containerd's.
+	byDigest := run(t, *pullN, func() error {
+		_, err := direct.PullImage(ctx, &runtimeapi.ImageSpec{Image: pinned}, auth, nil)
+		return err
+	})
+	head := run(t, *pullN, headFunc(t, reg, "bench/img-0", "v1"))
+
+	fmt.Printf("containerd %s, %d images in the store, kubelet's CRI client (k8s.io/cri-client), loopback registry\n\n", ctrd.Version, *images)
+	fmt.Printf("| operation | calls | direct p50 | direct p99 | pullgate p50 | pullgate p99 | p50 ratio |\n|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		fmt.Printf("| %s | %d | %s | %s | %s | %s | %.2fx |\n", r.op, r.n, ms(r.direct.p(50)), ms(r.direct.p(99)), ms(r.proxied.p(50)), ms(r.proxied.p(99)), float64(r.proxied.p(50))/float64(r.direct.p(50)))
+	}
+	pull := rows[len(rows)-1].proxied
+	own := pull.p(50) - byDigest.p(50) - head.p(50)
+	fmt.Printf("\nwarm PullImage through pullgate, p50 %s = containerd pull by digest %s + registry HEAD %s + pullgate's own %s\n",
+		ms(pull.p(50)), ms(byDigest.p(50)), ms(head.p(50)), ms(own))
+}
+
+type row struct {
+	op              string
+	n               int
+	direct, proxied samples
+}
+
+type samples []time.Duration
+
+func (s samples) p(q int) time.Duration { return s[(len(s)-1)*q/100] }
+
+func run(t *harness.Program, n int, f func() error) samples {
+	for range n / 10 { // warm up connections and caches
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := make(samples, n)
+	for i := range s {
+		start := time.Now()
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+		s[i] = time.Since(start)
+	}
+	slices.Sort(s)
+	return s
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
+
+func client(t *harness.Program, endpoint string) internalapi.ImageManagerService {
+	s, err := remoteclient.NewRemoteImageService(context.Background(), endpoint, time.Minute, noop.NewTracerProvider(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// fill pushes n images and pulls them straight into containerd, a few at a time.
+func fill(t *harness.Program, ctx context.Context, reg *harness.Registry, s internalapi.ImageManagerService, auth *runtimeapi.AuthConfig, n int) {
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 4 {
+		wg.Go(func() {
+			for i := range work {
+				repo := fmt.Sprintf("bench/img-%d", i)
+				reg.PushRandomImage(t, repo, "v1")
+				if _, err := s.PullImage(ctx, &runtimeapi.ImageSpec{Image: reg.Host + "/" + repo + ":v1"}, auth, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+}
+
+func pinnedRef(t *harness.Program, reg *harness.Registry, repo, tag string) string {
+	ref, err := name.ParseReference(reg.Host + "/" + repo + ":" + tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := remote.Head(ref, remote.WithAuth(&authn.Basic{Username: "bench", Password: "bench-secret"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg.Host + "/" + repo + "@" + d.Digest.String()
+}
+
+// headFunc returns one warm, authenticated manifest HEAD, as pullgate's resolver makes it.
+func headFunc(t *harness.Program, reg *harness.Registry, repo, tag string) func() error {
+	ref, err := name.ParseReference(reg.Host + "/" + repo + ":" + tag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := remote.NewPuller(remote.WithAuth(&authn.Basic{Username: "bench", Password: "bench-secret"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() error {
+		_, err := p.Head(context.Background(), ref)
+		return err
+	}
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func quietKlog() {
+	flags := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(flags)
+	flags.Set("logtostderr", "false")
+	flags.Set("stderrthreshold", "FATAL")
+	klog.SetOutput(io.Discard)
+}
