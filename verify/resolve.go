@@ -164,6 +164,9 @@ func (r *Resolver) transport(ctx context.Context, ep hosts.Endpoint, reg name.Re
 
 	inner := transport.NewRetry(r.base(ep), transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests,
 		http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout))
+	if ep.Scheme == "https" {
+		inner = httpsOnly{inner}
+	}
 	if len(ep.Header) > 0 {
 		inner = headerTransport{header: ep.Header, inner: inner}
 	}
@@ -217,13 +220,31 @@ func refuseLinkLocal(network, address string, _ syscall.RawConn) error {
 		return err
 	}
 	ip := net.ParseIP(host)
-	if ip != nil && (ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.Equal(alibabaMetadata)) {
+	if ip != nil && (ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.Equal(alibabaMetadata) || ip.Equal(awsMetadataIPv6)) {
 		return fmt.Errorf("refusing to connect to link-local or metadata address %s", host)
 	}
 	return nil
 }
 
-var alibabaMetadata = net.ParseIP("100.100.100.200")
+var (
+	alibabaMetadata = net.ParseIP("100.100.100.200")
+	awsMetadataIPv6 = net.ParseIP("fd00:ec2::254")
+)
+
+// httpsOnly refuses plain HTTP on an https endpoint. go-containerregistry falls back to http for
+// registries on loopback and private addresses, which would let anyone on the path downgrade the
+// connection and read the credentials.
+type httpsOnly struct{ inner http.RoundTripper }
+
+func (h httpsOnly) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Scheme != "https" {
+		if req.Body != nil {
+			req.Body.Close()
+		}
+		return nil, fmt.Errorf("refusing %s to %s: the endpoint is configured for https", req.URL.Scheme, req.URL.Host)
+	}
+	return h.inner.RoundTrip(req)
+}
 
 type headerTransport struct {
 	header http.Header

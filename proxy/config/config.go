@@ -59,19 +59,26 @@ type Verification struct {
 	TrustedRoot string   `json:"trustedRoot,omitempty"`
 }
 
-// Duration reads "30s", "24h" and the like.
-type Duration struct{ time.Duration }
+// Duration reads "30s", "24h" and the like. A value that is not a duration is kept as a problem
+// for Validate to report with the field's path, together with every other problem; a decoding
+// error would stop at the first one and could not say which field it was.
+type Duration struct {
+	time.Duration
+	invalid error
+}
 
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {
-		return fmt.Errorf("duration must be a string such as \"30s\", got %s", b)
+		d.invalid = fmt.Errorf("must be a string such as \"30s\", got %s", b)
+		return nil
 	}
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("invalid duration %q: use a number with a unit such as 30s, 5m or 24h", s)
+		d.invalid = fmt.Errorf("invalid duration %q: use a number with a unit such as 30s, 5m or 24h", s)
+		return nil
 	}
-	d.Duration = v
+	d.Duration, d.invalid = v, nil
 	return nil
 }
 
@@ -88,10 +95,10 @@ func Default() Config {
 		RegistryConfigPath:  "/etc/containerd/certs.d",
 		StateDir:            "/var/lib/pullgate",
 		MetricsAddress:      "127.0.0.1:9750",
-		ShutdownGracePeriod: Duration{20 * time.Second},
+		ShutdownGracePeriod: Duration{Duration: 20 * time.Second},
 		Log:                 Log{Format: "json", Level: "info"},
 		Auth:                Auth{Files: []string{"/var/lib/kubelet/config.json"}, NodeCredentials: "fallback"},
-		Verification:        Verification{Timeout: Duration{30 * time.Second}, CacheTTL: Duration{24 * time.Hour}},
+		Verification:        Verification{Timeout: Duration{Duration: 30 * time.Second}, CacheTTL: Duration{Duration: 24 * time.Hour}},
 		DefaultAction:       string(verify.Deny),
 	}
 }
@@ -152,6 +159,14 @@ func (c Config) Validate() error {
 	if c.MetricsAddress != "" {
 		if _, port, err := net.SplitHostPort(c.MetricsAddress); err != nil || port == "" {
 			add("metricsAddress", "must be host:port such as 127.0.0.1:9750, or empty to disable, got %q", c.MetricsAddress)
+		}
+	}
+	for _, d := range []struct {
+		field string
+		d     Duration
+	}{{"shutdownGracePeriod", c.ShutdownGracePeriod}, {"verification.timeout", c.Verification.Timeout}, {"verification.cacheTTL", c.Verification.CacheTTL}} {
+		if d.d.invalid != nil {
+			add(d.field, "%v", d.d.invalid)
 		}
 	}
 	if c.ShutdownGracePeriod.Duration < 0 {

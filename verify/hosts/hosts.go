@@ -175,26 +175,29 @@ func parse(registry, dir string, b []byte) ([]Endpoint, error) {
 		if err != nil {
 			return nil, fmt.Errorf("host %q: %w", h, err)
 		}
-		ep.Mirror = ep.Host != registry
+		ep.Mirror = isMirror(registry, ep.Host)
 		eps = append(eps, ep)
 	}
-	server := defaultEndpoint(registry)
-	if f.Server != "" {
-		ep, err := endpoint(f.Server, dir, f.hostFile)
-		if err != nil {
-			return nil, fmt.Errorf("server: %w", err)
-		}
-		ep.Mirror = ep.Host != registry && !(registry == "docker.io" && ep.Host == "registry-1.docker.io")
-		server = ep
-	} else if f.hostFile.CA != nil || f.hostFile.Client != nil || f.hostFile.SkipVerify != nil {
-		// Top-level TLS settings apply to the default server.
-		ep, err := endpoint(server.Scheme+"://"+server.Host, dir, f.hostFile)
-		if err != nil {
-			return nil, err
-		}
-		server = ep
+	// Top-level settings (capabilities, TLS, header) apply to the server, the default one too.
+	def := defaultEndpoint(registry)
+	srv := f.Server
+	if srv == "" {
+		srv = def.Scheme + "://" + def.Host
 	}
+	server, err := endpoint(srv, dir, f.hostFile)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	if f.Server == "" && server.TLS == nil {
+		server.TLS = def.TLS
+	}
+	server.Mirror = isMirror(registry, server.Host)
 	return append(eps, server), nil
+}
+
+// isMirror reports whether an endpoint host is another host than the registry itself.
+func isMirror(registry, host string) bool {
+	return host != registry && !(registry == "docker.io" && host == "registry-1.docker.io")
 }
 
 // hostOrder returns the [host."..."] tables in file order: containerd tries them in that order,
@@ -230,10 +233,12 @@ func endpoint(server, dir string, h hostFile) (Endpoint, error) {
 		return Endpoint{}, err
 	}
 	ep := Endpoint{Scheme: u.Scheme, Host: u.Host}
-	if p := path.Clean("/" + u.Path); h.OverridePath {
+	switch p := path.Clean("/" + u.Path); {
+	case h.OverridePath:
 		ep.OverridePath = p
-	} else if p != "/" && p != "/v2" {
-		return Endpoint{}, fmt.Errorf("path %q needs override_path = true", u.Path)
+	case p != "/" && p != "/v2":
+		// containerd takes a path prefix as the API root's parent.
+		ep.OverridePath = strings.TrimSuffix(p, "/v2") + "/v2"
 	}
 	if len(h.Capabilities) == 0 {
 		ep.Resolve = true
