@@ -27,6 +27,12 @@ func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest)
 
 	resp, d, err := p.pull(ctx, req)
 	attrs := []any{"duration", time.Since(start)}
+	if d.resolve > 0 {
+		attrs = append(attrs, "resolveDuration", d.resolve)
+	}
+	if d.runtime > 0 {
+		attrs = append(attrs, "runtimeDuration", d.runtime)
+	}
 	if d.digest != "" {
 		attrs = append(attrs, "digest", d.digest.String())
 	}
@@ -59,6 +65,9 @@ type outcome struct {
 	rule    string
 	verdict string
 	reason  string
+	// resolve and runtime are the time spent asking the registry and the runtime, so that
+	// pullgate's own share of a pull can be told apart.
+	resolve, runtime time.Duration
 }
 
 func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, outcome, error) {
@@ -73,11 +82,13 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 	}
 
 	var cred auth.Credential
+	resolveStart := time.Now()
 	for _, cred = range creds {
 		if out.digest, err = p.resolver.Resolve(ctx, img, cred); err == nil || !isUnauthorized(err) {
 			break
 		}
 	}
+	out.resolve = time.Since(resolveStart)
 	if err != nil {
 		return nil, out, pullError(err)
 	}
@@ -103,7 +114,9 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 	if req.GetAuth() == nil && !cred.IsZero() {
 		fwd.Auth = &runtimeapi.AuthConfig{Username: cred.Username, Password: cred.Password, IdentityToken: cred.IdentityToken, RegistryToken: cred.RegistryToken}
 	}
+	runtimeStart := time.Now()
 	resp, err := p.images.PullImage(ctx, fwd)
+	out.runtime = time.Since(runtimeStart)
 	if err != nil {
 		return nil, out, err // the runtime's own error, unchanged
 	}

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"strconv"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
@@ -32,21 +33,30 @@ func NewImageStore(conn *grpc.ClientConn, namespace string) (*ImageStore, error)
 // the same labels, as containerd's CRI plugin does for a pull by tag.
 func (s *ImageStore) Tag(ctx context.Context, name, pinned string) error {
 	ctx = namespaces.WithNamespace(ctx, s.namespace)
-	src, err := s.store.Get(ctx, pinned)
+	// One read for both records: most pulls find the tag already right and write nothing.
+	found, err := s.store.List(ctx, "name=="+strconv.Quote(pinned), "name=="+strconv.Quote(name))
 	if err != nil {
 		return fmt.Errorf("look up %s: %w", pinned, err)
 	}
+	var src, old *images.Image
+	for i := range found {
+		switch found[i].Name {
+		case pinned:
+			src = &found[i]
+		case name:
+			old = &found[i]
+		}
+	}
+	if src == nil {
+		return fmt.Errorf("look up %s: %w", pinned, errdefs.ErrNotFound)
+	}
 	img := images.Image{Name: name, Target: src.Target, Labels: src.Labels}
-	// Most pulls find the tag already right: check with a read before writing.
-	old, err := s.store.Get(ctx, name)
-	switch {
-	case errdefs.IsNotFound(err):
-		if _, err := s.store.Create(ctx, img); !errdefs.IsAlreadyExists(err) {
+	if old == nil {
+		_, err := s.store.Create(ctx, img)
+		if !errdefs.IsAlreadyExists(err) {
 			return err
 		}
-	case err != nil:
-		return err
-	case old.Target.Digest == img.Target.Digest:
+	} else if old.Target.Digest == img.Target.Digest {
 		return nil
 	}
 	paths := []string{"target"}
