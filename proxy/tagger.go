@@ -3,7 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"strconv"
+	"strings"
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
@@ -33,31 +33,27 @@ func NewImageStore(conn *grpc.ClientConn, namespace string) (*ImageStore, error)
 // the same labels, as containerd's CRI plugin does for a pull by tag.
 func (s *ImageStore) Tag(ctx context.Context, name, pinned string) error {
 	ctx = namespaces.WithNamespace(ctx, s.namespace)
-	// One read for both records: most pulls find the tag already right and write nothing.
-	found, err := s.store.List(ctx, "name=="+strconv.Quote(pinned), "name=="+strconv.Quote(name))
+	_, want, _ := strings.Cut(pinned, "@")
+	// Most pulls find the tag already right: one keyed read, and nothing to write. (A filtered
+	// List would scan every image in the store.)
+	old, err := s.store.Get(ctx, name)
+	if err == nil && old.Target.Digest.String() == want {
+		return nil
+	}
+	if err != nil && !errdefs.IsNotFound(err) {
+		return fmt.Errorf("look up %s: %w", name, err)
+	}
+	exists := err == nil
+	src, err := s.store.Get(ctx, pinned)
 	if err != nil {
 		return fmt.Errorf("look up %s: %w", pinned, err)
 	}
-	var src, old *images.Image
-	for i := range found {
-		switch found[i].Name {
-		case pinned:
-			src = &found[i]
-		case name:
-			old = &found[i]
-		}
-	}
-	if src == nil {
-		return fmt.Errorf("look up %s: %w", pinned, errdefs.ErrNotFound)
-	}
 	img := images.Image{Name: name, Target: src.Target, Labels: src.Labels}
-	if old == nil {
+	if !exists {
 		_, err := s.store.Create(ctx, img)
 		if !errdefs.IsAlreadyExists(err) {
 			return err
 		}
-	} else if old.Target.Digest == img.Target.Digest {
-		return nil
 	}
 	paths := []string{"target"}
 	for k := range img.Labels {
