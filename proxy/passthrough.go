@@ -71,9 +71,6 @@ func (p *Proxy) forwardUnary(ctx context.Context, method string, in grpc.ServerS
 	return in.SendMsg(&resp)
 }
 
-// hopHeaders are set by each gRPC hop itself and must not be copied onto the next one.
-var hopHeaders = []string{":authority", "content-type", "user-agent", "grpc-timeout", "te"}
-
 // bidi describes every method as a bidirectional stream: a unary call is a stream of one
 // message each way, so the same code forwards unary and streaming methods alike.
 var bidi = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
@@ -85,10 +82,7 @@ func (p *Proxy) forward(_ any, in grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(in)
 	ctx := in.Context()
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		md = md.Copy()
-		for _, h := range hopHeaders {
-			delete(md, h)
-		}
+		// gRPC itself drops the headers each hop sets for itself (content-type, user-agent, ...).
 		ctx = metadata.NewOutgoingContext(ctx, md)
 	}
 	if unary[method] {
@@ -119,20 +113,22 @@ func (p *Proxy) forward(_ any, in grpc.ServerStream) error {
 	headerSent := false
 	for {
 		var f frame
-		if err := out.RecvMsg(&f); err != nil {
-			in.SetTrailer(out.Trailer())
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
+		err := out.RecvMsg(&f)
 		if !headerSent {
-			if md, err := out.Header(); err == nil && len(md) > 0 {
+			// The header comes before the first message, or alone before an error.
+			if md, herr := out.Header(); herr == nil && len(md) > 0 {
 				if err := in.SetHeader(md); err != nil {
 					return err
 				}
 			}
 			headerSent = true
+		}
+		if err != nil {
+			in.SetTrailer(out.Trailer())
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
 		}
 		if err := in.SendMsg(&f); err != nil {
 			return err

@@ -83,9 +83,14 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 
 	var cred auth.Credential
 	resolveStart := time.Now()
-	for _, cred = range creds {
-		if out.digest, err = p.resolver.Resolve(ctx, img, cred); err == nil || !isUnauthorized(err) {
-			break
+	if img.Digest != "" {
+		// The caller named the digest: that is what is verified and pulled.
+		out.digest, cred = img.Digest, creds[0]
+	} else {
+		for _, cred = range creds {
+			if out.digest, err = p.resolver.Resolve(ctx, img, cred); err == nil || !isUnauthorized(err) {
+				break
+			}
 		}
 	}
 	out.resolve = time.Since(resolveStart)

@@ -1,0 +1,453 @@
+package proxy_test
+
+import (
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/pullgate/pullgate/proxy"
+	"github.com/pullgate/pullgate/verify"
+	"github.com/pullgate/pullgate/verify/auth"
+)
+
+var sandbox = &runtimeapi.PodSandboxConfig{
+	Metadata:    &runtimeapi.PodSandboxMetadata{Name: "web-0", Uid: "3f6c", Namespace: "prod-web", Attempt: 1},
+	Labels:      map[string]string{"app": "web"},
+	Annotations: map[string]string{"kubernetes.io/config.source": "api"},
+	Linux:       &runtimeapi.LinuxPodSandboxConfig{CgroupParent: "/kubepods/pod3f6c"},
+}
+
+// pullRequest is what kubelet sends for image with auth.
+func pullRequest(image string, a *runtimeapi.AuthConfig) *runtimeapi.PullImageRequest {
+	return &runtimeapi.PullImageRequest{
+		Image:         &runtimeapi.ImageSpec{Image: image, Annotations: map[string]string{"io.kubernetes.cri.untrusted": "false"}, RuntimeHandler: "runc", UserSpecifiedImage: image},
+		Auth:          a,
+		SandboxConfig: sandbox,
+	}
+}
+
+func unauthorized(code int) error {
+	return fmt.Errorf("HEAD manifest: %w", &transport.Error{StatusCode: code})
+}
+
+func TestPullImage(t *testing.T) {
+	t.Parallel()
+	kubeletAuth := &runtimeapi.AuthConfig{Username: "kubelet-user", Password: "kubelet-pass"}
+	nodeA := auth.Credential{Username: "node-a", Password: "pass-a"}
+	nodeB := auth.Credential{Username: "node-b", Password: "pass-b", IdentityToken: "id-b"}
+	deny := func(verify.Request) (verify.Decision, error) {
+		return verify.Decision{Rule: "internal-apps", Reason: `no signature by authority "release-key": found 0 signatures`}, nil
+	}
+	runtimeErr, err := status.New(codes.NotFound, "failed to pull and unpack image: not found").WithDetails(wrapperspb.String("detail"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name    string
+		image   string
+		auth    *runtimeapi.AuthConfig
+		keyring *fakeKeyring // nil: no WithKeyring
+		resolve func(verify.Image, auth.Credential) (digest.Digest, error)
+		decide  func(verify.Request) (verify.Decision, error)
+		pullErr error
+		tagErr  error
+
+		wantCode   codes.Code
+		wantMsg    string // exact message, if set
+		wantPrefix string
+		// wantForward is the image the runtime is asked to pull, "" if it must never be asked.
+		wantForward     string
+		wantForwardAuth *runtimeapi.AuthConfig
+		// wantResolve lists the credentials tags are resolved with, in order.
+		wantResolve []auth.Credential
+		// wantVerify is the digest the verifier is asked about, "" if never.
+		wantVerify     digest.Digest
+		wantVerifyCred auth.Credential
+		wantTags       []tagCall
+		wantLookups    int
+		// wantStatus is the exact status the caller gets, details included.
+		wantStatus *status.Status
+	}{{
+		name:            "tag is pulled by its digest and recorded",
+		image:           "nginx:1.27",
+		auth:            kubeletAuth,
+		wantForward:     "docker.io/library/nginx@" + tagDigest.String(),
+		wantForwardAuth: kubeletAuth,
+		wantResolve:     []auth.Credential{{Username: "kubelet-user", Password: "kubelet-pass"}},
+		wantVerify:      tagDigest,
+		wantVerifyCred:  auth.Credential{Username: "kubelet-user", Password: "kubelet-pass"},
+		wantTags:        []tagCall{{"docker.io/library/nginx:1.27", "docker.io/library/nginx@" + tagDigest.String()}},
+	}, {
+		name:        "bare name is latest",
+		image:       "nginx",
+		wantForward: "docker.io/library/nginx@" + tagDigest.String(),
+		wantResolve: []auth.Credential{{}},
+		wantVerify:  tagDigest,
+		wantTags:    []tagCall{{"docker.io/library/nginx:latest", "docker.io/library/nginx@" + tagDigest.String()}},
+	}, {
+		name:        "registry with port",
+		image:       "localhost:5000/team/app:v1",
+		wantForward: "localhost:5000/team/app@" + tagDigest.String(),
+		wantResolve: []auth.Credential{{}},
+		wantVerify:  tagDigest,
+		wantTags:    []tagCall{{"localhost:5000/team/app:v1", "localhost:5000/team/app@" + tagDigest.String()}},
+	}, {
+		name:            "digest reference is neither resolved nor tagged",
+		image:           "registry.example.com/team/app@" + pinDigest.String(),
+		auth:            kubeletAuth,
+		wantForward:     "registry.example.com/team/app@" + pinDigest.String(),
+		wantForwardAuth: kubeletAuth,
+		wantVerify:      pinDigest,
+		wantVerifyCred:  auth.Credential{Username: "kubelet-user", Password: "kubelet-pass"},
+	}, {
+		name:        "tag and digest is pinned by the digest",
+		image:       "registry.example.com/team/app:v1@" + pinDigest.String(),
+		wantForward: "registry.example.com/team/app@" + pinDigest.String(),
+		wantVerify:  pinDigest,
+	}, {
+		name:     "uppercase repository",
+		image:    "registry.example.com/Team/app:v1",
+		wantCode: codes.InvalidArgument,
+	}, {
+		name:     "bad digest",
+		image:    "nginx@sha256:abc",
+		wantCode: codes.InvalidArgument,
+	}, {
+		name:     "empty reference",
+		image:    "",
+		wantCode: codes.InvalidArgument,
+	}, {
+		name:     "credentials for another registry",
+		image:    "registry.example.com/team/app:v1",
+		auth:     &runtimeapi.AuthConfig{ServerAddress: "registry.example.com.evil.io", Username: "u", Password: "p"},
+		wantCode: codes.InvalidArgument,
+	}, {
+		name:            "credentials naming the image's registry",
+		image:           "nginx:1.27",
+		auth:            &runtimeapi.AuthConfig{ServerAddress: "https://index.docker.io/v1/", Username: "u", Password: "p"},
+		wantForward:     "docker.io/library/nginx@" + tagDigest.String(),
+		wantForwardAuth: &runtimeapi.AuthConfig{ServerAddress: "https://index.docker.io/v1/", Username: "u", Password: "p"},
+		wantResolve:     []auth.Credential{{Username: "u", Password: "p"}},
+		wantVerify:      tagDigest,
+		wantVerifyCred:  auth.Credential{Username: "u", Password: "p"},
+		wantTags:        []tagCall{{"docker.io/library/nginx:1.27", "docker.io/library/nginx@" + tagDigest.String()}},
+	}, {
+		name:            "auth field is user:password",
+		image:           "nginx:1.27",
+		auth:            &runtimeapi.AuthConfig{Auth: base64.StdEncoding.EncodeToString([]byte("alice:pw:with:colons"))},
+		wantForward:     "docker.io/library/nginx@" + tagDigest.String(),
+		wantForwardAuth: &runtimeapi.AuthConfig{Auth: base64.StdEncoding.EncodeToString([]byte("alice:pw:with:colons"))},
+		wantResolve:     []auth.Credential{{Username: "alice", Password: "pw:with:colons"}},
+		wantVerify:      tagDigest,
+		wantVerifyCred:  auth.Credential{Username: "alice", Password: "pw:with:colons"},
+		wantTags:        []tagCall{{"docker.io/library/nginx:1.27", "docker.io/library/nginx@" + tagDigest.String()}},
+	}, {
+		name:     "auth field that is not user:password",
+		image:    "nginx:1.27",
+		auth:     &runtimeapi.AuthConfig{Auth: base64.StdEncoding.EncodeToString([]byte("alice"))},
+		wantCode: codes.InvalidArgument,
+	}, {
+		name:        "denied by policy",
+		image:       "nginx:1.27",
+		decide:      deny,
+		wantCode:    codes.Unknown,
+		wantMsg:     `SignatureValidationFailed: pullgate: docker.io/library/nginx@` + tagDigest.String() + ` denied by policy "internal-apps": no signature by authority "release-key": found 0 signatures`,
+		wantResolve: []auth.Credential{{}},
+		wantVerify:  tagDigest,
+	}, {
+		name:  "registry unavailable",
+		image: "registry.example.com/team/app:v1",
+		resolve: func(img verify.Image, _ auth.Credential) (digest.Digest, error) {
+			return "", &verify.RegistryError{Image: img, Unavailable: true, Err: errors.New("dial tcp 10.0.0.1:443: connect: connection refused")}
+		},
+		wantCode:    codes.Unknown,
+		wantPrefix:  "RegistryUnavailable: pullgate: ",
+		wantResolve: []auth.Credential{{}},
+	}, {
+		name:  "registry says the tag does not exist",
+		image: "registry.example.com/team/app:v1",
+		resolve: func(img verify.Image, _ auth.Credential) (digest.Digest, error) {
+			return "", &verify.RegistryError{Image: img, Err: &transport.Error{StatusCode: 404}}
+		},
+		wantCode:    codes.Unknown,
+		wantPrefix:  "pullgate: resolve registry.example.com/team/app:v1: ",
+		wantResolve: []auth.Credential{{}},
+	}, {
+		name:  "verification cannot reach the registry",
+		image: "registry.example.com/team/app:v1",
+		decide: func(req verify.Request) (verify.Decision, error) {
+			return verify.Decision{Rule: "internal-apps"}, &verify.RegistryError{Image: req.Image, Unavailable: true, Err: errors.New("503 Service Unavailable")}
+		},
+		wantCode:    codes.Unknown,
+		wantPrefix:  "RegistryUnavailable: pullgate: ",
+		wantResolve: []auth.Credential{{}},
+		wantVerify:  tagDigest,
+	}, {
+		name:    "kubelet's credential refused: keyring not consulted",
+		image:   "registry.example.com/team/app:v1",
+		auth:    kubeletAuth,
+		keyring: &fakeKeyring{creds: []auth.Credential{nodeA}},
+		resolve: func(verify.Image, auth.Credential) (digest.Digest, error) {
+			return "", unauthorized(401)
+		},
+		wantCode:    codes.Unknown,
+		wantPrefix:  "pullgate: ",
+		wantResolve: []auth.Credential{{Username: "kubelet-user", Password: "kubelet-pass"}},
+	}, {
+		name:            "kubelet's credential is used alone",
+		image:           "registry.example.com/team/app:v1",
+		auth:            kubeletAuth,
+		keyring:         &fakeKeyring{creds: []auth.Credential{nodeA, nodeB}},
+		wantForward:     "registry.example.com/team/app@" + tagDigest.String(),
+		wantForwardAuth: kubeletAuth,
+		wantResolve:     []auth.Credential{{Username: "kubelet-user", Password: "kubelet-pass"}},
+		wantVerify:      tagDigest,
+		wantVerifyCred:  auth.Credential{Username: "kubelet-user", Password: "kubelet-pass"},
+		wantTags:        []tagCall{{"registry.example.com/team/app:v1", "registry.example.com/team/app@" + tagDigest.String()}},
+	}, {
+		name:    "node credentials are tried in order",
+		image:   "registry.example.com/team/app:v1",
+		keyring: &fakeKeyring{creds: []auth.Credential{nodeA, nodeB}},
+		resolve: func(_ verify.Image, c auth.Credential) (digest.Digest, error) {
+			if c == nodeB {
+				return tagDigest, nil
+			}
+			return "", unauthorized(401)
+		},
+		wantForward:     "registry.example.com/team/app@" + tagDigest.String(),
+		wantForwardAuth: &runtimeapi.AuthConfig{Username: "node-b", Password: "pass-b", IdentityToken: "id-b"},
+		wantResolve:     []auth.Credential{nodeA, nodeB},
+		wantVerify:      tagDigest,
+		wantVerifyCred:  nodeB,
+		wantTags:        []tagCall{{"registry.example.com/team/app:v1", "registry.example.com/team/app@" + tagDigest.String()}},
+		wantLookups:     1,
+	}, {
+		name:    "node credentials refused, anonymous allowed",
+		image:   "registry.example.com/team/app:v1",
+		keyring: &fakeKeyring{creds: []auth.Credential{nodeA, nodeB}},
+		resolve: func(_ verify.Image, c auth.Credential) (digest.Digest, error) {
+			if c.IsZero() {
+				return tagDigest, nil
+			}
+			return "", unauthorized(403)
+		},
+		wantForward: "registry.example.com/team/app@" + tagDigest.String(),
+		wantResolve: []auth.Credential{nodeA, nodeB, {}},
+		wantVerify:  tagDigest,
+		wantTags:    []tagCall{{"registry.example.com/team/app:v1", "registry.example.com/team/app@" + tagDigest.String()}},
+		wantLookups: 1,
+	}, {
+		name:    "a refused node credential after a broken file",
+		image:   "registry.example.com/team/app:v1",
+		keyring: &fakeKeyring{creds: []auth.Credential{nodeA}, err: errors.New("/root/.docker/config.json: bad json")},
+		resolve: func(_ verify.Image, c auth.Credential) (digest.Digest, error) {
+			return "", unauthorized(401)
+		},
+		wantCode:    codes.Unknown,
+		wantPrefix:  "pullgate: ",
+		wantResolve: []auth.Credential{nodeA, {}},
+		wantLookups: 1,
+	}, {
+		name:        "runtime error passes through",
+		image:       "nginx:1.27",
+		pullErr:     runtimeErr.Err(),
+		wantStatus:  runtimeErr,
+		wantForward: "docker.io/library/nginx@" + tagDigest.String(),
+		wantResolve: []auth.Credential{{}},
+		wantVerify:  tagDigest,
+	}, {
+		name:        "tag cannot be recorded",
+		image:       "nginx:1.27",
+		tagErr:      errors.New("images service: unavailable"),
+		wantCode:    codes.Unknown,
+		wantPrefix:  "pullgate: pulled docker.io/library/nginx@" + tagDigest.String() + " but could not record tag docker.io/library/nginx:1.27: ",
+		wantForward: "docker.io/library/nginx@" + tagDigest.String(),
+		wantResolve: []auth.Credential{{}},
+		wantVerify:  tagDigest,
+		wantTags:    []tagCall{{"docker.io/library/nginx:1.27", "docker.io/library/nginx@" + tagDigest.String()}},
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rt := &fakeRuntime{fail: func(m string, _ proto.Message) error {
+				if m == "PullImage" {
+					return tc.pullErr
+				}
+				return nil
+			}}
+			s := setup{
+				runtime:  rt,
+				resolver: &fakeResolver{resolve: tc.resolve},
+				verifier: &fakeVerifier{decide: tc.decide},
+				tagger:   &fakeTagger{err: tc.tagErr},
+			}
+			if tc.keyring != nil {
+				s.opts = append(s.opts, proxy.WithKeyring(tc.keyring))
+			}
+			e := start(t, s)
+			req := pullRequest(tc.image, tc.auth)
+			resp, err := e.imageClient().PullImage(t.Context(), req)
+
+			st := status.Convert(err)
+			switch {
+			case tc.wantStatus != nil:
+				if !proto.Equal(st.Proto(), tc.wantStatus.Proto()) {
+					t.Errorf("status = %v, want %v", st.Proto(), tc.wantStatus.Proto())
+				}
+			case st.Code() != tc.wantCode:
+				t.Errorf("code = %v (%v), want %v", st.Code(), err, tc.wantCode)
+			case tc.wantMsg != "" && st.Message() != tc.wantMsg:
+				t.Errorf("message = %q\nwant      %q", st.Message(), tc.wantMsg)
+			case !strings.HasPrefix(st.Message(), tc.wantPrefix):
+				t.Errorf("message = %q, want prefix %q", st.Message(), tc.wantPrefix)
+			}
+			if err == nil && resp.GetImageRef() != imageID {
+				t.Errorf("image_ref = %q, want the runtime's %q", resp.GetImageRef(), imageID)
+			}
+
+			pulls := rt.callsTo("PullImage")
+			if tc.wantForward == "" {
+				if len(pulls) != 0 {
+					t.Errorf("runtime was asked to pull %v", pulls[0].req)
+				}
+			} else {
+				want := proto.CloneOf(req)
+				want.Image.Image = tc.wantForward
+				want.Auth = tc.wantForwardAuth
+				switch {
+				case len(pulls) != 1:
+					t.Errorf("runtime got %d pulls, want 1", len(pulls))
+				case !proto.Equal(pulls[0].req, want):
+					t.Errorf("runtime got %v\nwant        %v", pulls[0].req, want)
+				}
+			}
+
+			if got := e.resolver.seen(); len(got) != len(tc.wantResolve) {
+				t.Errorf("resolved %v, want %v", got, tc.wantResolve)
+			} else {
+				for i, c := range got {
+					if c.cred != tc.wantResolve[i] {
+						t.Errorf("resolve %d used %v, want %v", i, c.cred, tc.wantResolve[i])
+					}
+				}
+			}
+
+			vs := e.verifier.seen()
+			switch {
+			case tc.wantVerify == "" && len(vs) > 0:
+				t.Errorf("verifier asked about %v", vs)
+			case tc.wantVerify != "" && len(vs) != 1:
+				t.Errorf("verifier asked %d times, want once", len(vs))
+			case tc.wantVerify != "":
+				v := vs[0]
+				if v.Digest != tc.wantVerify || v.Namespace != "prod-web" || v.Credential != tc.wantVerifyCred {
+					t.Errorf("verifier got digest %s namespace %q credential %v, want %s, prod-web, %v", v.Digest, v.Namespace, v.Credential, tc.wantVerify, tc.wantVerifyCred)
+				}
+				if want, _ := verify.ParseImage(tc.image); v.Image != want {
+					t.Errorf("verifier got image %+v, want %+v", v.Image, want)
+				}
+			}
+
+			if got := e.tagger.seen(); fmt.Sprint(got) != fmt.Sprint(tc.wantTags) {
+				t.Errorf("tags = %v, want %v", got, tc.wantTags)
+			}
+			if tc.keyring != nil && len(tc.keyring.seen()) != tc.wantLookups {
+				t.Errorf("keyring looked up %v, want %d lookups", tc.keyring.seen(), tc.wantLookups)
+			}
+			if tc.keyring != nil && tc.wantLookups > 0 && tc.keyring.seen()[0] != "registry.example.com/team/app" {
+				t.Errorf("keyring looked up %q", tc.keyring.seen()[0])
+			}
+		})
+	}
+}
+
+// TestPullImageKubeletClient pulls with kubelet's own client, which keeps only the message of
+// an Unknown status: that message is what kubelet classifies and shows in pod events.
+func TestPullImageKubeletClient(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		image      string
+		decide     func(verify.Request) (verify.Decision, error)
+		wantRef    string
+		wantErrMsg string
+	}{{
+		name:    "allowed",
+		image:   "registry.example.com/team/app:v1",
+		wantRef: imageID,
+	}, {
+		name:  "denied",
+		image: "registry.example.com/team/app:v1",
+		decide: func(verify.Request) (verify.Decision, error) {
+			return verify.Decision{Rule: "internal-apps", Reason: "unsigned"}, nil
+		},
+		wantErrMsg: `SignatureValidationFailed: pullgate: registry.example.com/team/app@` + tagDigest.String() + ` denied by policy "internal-apps": unsigned`,
+	}}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rt := &fakeRuntime{}
+			e := start(t, setup{runtime: rt, verifier: &fakeVerifier{decide: tc.decide}})
+			a := &runtimeapi.AuthConfig{Username: "u", Password: "p"}
+			ref, err := e.images(t).PullImage(t.Context(), &runtimeapi.ImageSpec{Image: tc.image}, a, sandbox)
+			if tc.wantErrMsg != "" {
+				if err == nil || err.Error() != tc.wantErrMsg {
+					t.Fatalf("error = %v, want %q", err, tc.wantErrMsg)
+				}
+				return
+			}
+			if err != nil || ref != tc.wantRef {
+				t.Fatalf("PullImage = %q, %v; want %q", ref, err, tc.wantRef)
+			}
+			want := &runtimeapi.PullImageRequest{
+				Image:         &runtimeapi.ImageSpec{Image: "registry.example.com/team/app@" + tagDigest.String()},
+				Auth:          a,
+				SandboxConfig: sandbox,
+			}
+			got := rt.callsTo("PullImage")
+			if len(got) != 1 {
+				t.Fatalf("runtime got %d pulls, want 1", len(got))
+			}
+			if !proto.Equal(got[0].req, want) {
+				t.Errorf("runtime got %v\nwant        %v", got[0].req, want)
+			}
+		})
+	}
+}
+
+// TestPullImageReloadedPolicy checks that the verifier is asked for on every pull, so that a
+// reloaded policy applies to the next pull without a restart.
+func TestPullImageReloadedPolicy(t *testing.T) {
+	t.Parallel()
+	allow := &fakeVerifier{}
+	deny := &fakeVerifier{decide: func(verify.Request) (verify.Decision, error) {
+		return verify.Decision{Rule: "new-rule", Reason: "unsigned"}, nil
+	}}
+	var current atomic.Pointer[fakeVerifier]
+	current.Store(allow)
+	e := start(t, setup{verifiers: func() proxy.Verifier { return current.Load() }})
+	c := e.imageClient()
+	if _, err := c.PullImage(t.Context(), pullRequest("nginx:1.27", nil)); err != nil {
+		t.Fatalf("first pull: %v", err)
+	}
+	current.Store(deny)
+	_, err := c.PullImage(t.Context(), pullRequest("nginx:1.27", nil))
+	if !strings.Contains(status.Convert(err).Message(), `denied by policy "new-rule"`) {
+		t.Fatalf("pull after reload: %v, want denied by new-rule", err)
+	}
+	if len(allow.seen()) != 1 || len(deny.seen()) != 1 {
+		t.Errorf("verifiers asked %d and %d times, want 1 and 1", len(allow.seen()), len(deny.seen()))
+	}
+}
