@@ -25,9 +25,11 @@ $(PULLGATE):
 $(CONTAINERD2):
 	GOBIN=$(dir $@) $(GO) install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD2_VERSION)
 
-# The real parts the tests start: Debian's containerd 1.6 (and runc) from apt.
+# The real parts the tests start, from Debian's packages: containerd 1.6, and systemd's tools
+# (systemd-analyze, systemd-socket-activate) for the unit tests.
 deps:
-	@command -v containerd >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y containerd; }
+	@command -v containerd >/dev/null && command -v systemd-socket-activate >/dev/null || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y containerd systemd; }
 
 check:
 	@test -z "$$(gofmt -l cmd proxy verify test)" || { gofmt -l cmd proxy verify test; echo "gofmt needed"; exit 1; }
@@ -36,7 +38,7 @@ check:
 unit:
 	$(GO) test -race -count=1 ./verify/... ./proxy/... ./cmd/...
 
-e2e: $(PULLGATE) $(CONTAINERD2)
+e2e: deps $(PULLGATE) $(CONTAINERD2)
 	$(GO) test -count=1 -timeout 15m ./test/...
 
 test: check unit e2e
