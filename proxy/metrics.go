@@ -15,6 +15,9 @@ type Metrics struct {
 	requests  *prometheus.CounterVec
 	durations *prometheus.HistogramVec
 	decisions *prometheus.CounterVec
+	// verification times checks of signatures that were not cached; cacheHits counts the rest.
+	verification prometheus.Histogram
+	cacheHits    prometheus.Counter
 	// UpstreamUp is 1 while the runtime answers.
 	UpstreamUp prometheus.Gauge
 }
@@ -35,12 +38,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pullgate_pull_decisions_total",
 			Help: "PullImage decisions, by verdict (allowed, denied, error) and deciding rule.",
 		}, []string{"verdict", "rule"}),
+		verification: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "pullgate_verification_duration_seconds",
+			Help:    "Time to verify an image's signatures and attestations against its rule, cache misses only.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
+		cacheHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullgate_cache_hits_total",
+			Help: "Pull decisions answered from the verification cache.",
+		}),
 		UpstreamUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pullgate_upstream_up",
 			Help: "1 when the runtime answered the last readiness check, else 0.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.durations, m.decisions, m.UpstreamUp)
+	reg.MustRegister(m.requests, m.durations, m.decisions, m.verification, m.cacheHits, m.UpstreamUp)
 	return m
 }
 

@@ -39,9 +39,14 @@ func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest)
 	if d.rule != "" {
 		attrs = append(attrs, "rule", d.rule)
 	}
+	if d.verify > 0 {
+		attrs = append(attrs, "verifyDuration", d.verify, "cached", d.cached)
+	}
 	switch {
+	case err == nil && d.verdict == verdictWarned:
+		log.Warn("pull allowed with warning", append(attrs, "verdict", d.verdict, "reason", d.reason)...)
 	case err == nil:
-		log.Info("pull allowed", append(attrs, "verdict", "allowed")...)
+		log.Info("pull allowed", append(attrs, "verdict", d.verdict)...)
 	case d.verdict == verdictDenied:
 		log.Warn("pull denied", append(attrs, "verdict", "denied", "reason", d.reason)...)
 	default:
@@ -49,14 +54,21 @@ func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest)
 	}
 	if p.metrics != nil {
 		p.metrics.decisions.WithLabelValues(d.verdict, d.rule).Inc()
+		if d.cached {
+			p.metrics.cacheHits.Inc()
+		} else if d.verify > 0 && d.mode != "" && d.mode != verify.Skip {
+			p.metrics.verification.Observe(d.verify.Seconds())
+		}
 	}
 	return resp, err
 }
 
 const (
 	verdictAllowed = "allowed"
-	verdictDenied  = "denied"
-	verdictError   = "error"
+	// verdictWarned is a pull allowed by a warn-mode rule although verification failed.
+	verdictWarned = "warned"
+	verdictDenied = "denied"
+	verdictError  = "error"
 )
 
 // outcome is what PullImage logs and counts.
@@ -65,9 +77,11 @@ type outcome struct {
 	rule    string
 	verdict string
 	reason  string
-	// resolve and runtime are the time spent asking the registry and the runtime, so that
-	// pullgate's own share of a pull can be told apart.
-	resolve, runtime time.Duration
+	mode    verify.Mode
+	cached  bool
+	// resolve, verify and runtime are the time spent asking the registry, checking the policy
+	// and asking the runtime, so that pullgate's own share of a pull can be told apart.
+	resolve, verify, runtime time.Duration
 }
 
 func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*runtimeapi.PullImageResponse, outcome, error) {
@@ -98,13 +112,15 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 		return nil, out, pullError(err)
 	}
 
+	verifyStart := time.Now()
 	decision, err := p.verifier().Verify(ctx, verify.Request{
 		Image:      img,
 		Digest:     out.digest,
 		Namespace:  req.GetSandboxConfig().GetMetadata().GetNamespace(),
 		Credential: cred,
 	})
-	out.rule = decision.Rule
+	out.verify = time.Since(verifyStart)
+	out.rule, out.mode, out.cached = decision.Rule, decision.Mode, decision.Cached
 	if err != nil {
 		return nil, out, pullError(err)
 	}
@@ -131,6 +147,9 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 		}
 	}
 	out.verdict = verdictAllowed
+	if decision.Reason != "" {
+		out.verdict, out.reason = verdictWarned, decision.Reason
+	}
 	return resp, out, nil
 }
 

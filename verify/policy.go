@@ -1,9 +1,6 @@
 package verify
 
 import (
-	"context"
-	"fmt"
-
 	"github.com/opencontainers/go-digest"
 
 	"github.com/pullgate/pullgate/verify/auth"
@@ -34,20 +31,20 @@ type Decision struct {
 	Allowed bool
 	// Rule is the name of the rule that decided, or DefaultRule.
 	Rule string
-	// Reason says, in one line a person can act on, why the pull was denied.
+	Mode Mode
+	// Reason says, in one line a person can act on, why the pull was denied, or, in warn mode,
+	// what failed although the pull was allowed.
 	Reason string
+	// Authorities holds each authority's result, in the rule's order.
+	Authorities []AuthorityResult
+	// Cached is set when the decision came from the verification cache.
+	Cached bool
 }
 
-// Policy decides pulls. Until signature rules are configured, every image falls to the
-// default action, which denies unless the node administrator chose to allow.
-type Policy struct {
-	DefaultAction Action
-}
-
-// Verify decides req.
-func (p *Policy) Verify(_ context.Context, req Request) (Decision, error) {
-	if p.DefaultAction == Allow {
-		return Decision{Allowed: true, Rule: DefaultRule}, nil
-	}
-	return Decision{Rule: DefaultRule, Reason: fmt.Sprintf("no policy matches %s and defaultAction is %s; add a policy for it or set defaultAction: allow", req.Image.Name(), Deny)}, nil
+// AuthorityResult is one authority's verdict on an image's signatures.
+type AuthorityResult struct {
+	Name     string
+	Verified bool
+	// Reason says what was looked for and what was found when Verified is false.
+	Reason string
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 
 	"github.com/pullgate/pullgate/verify/auth"
 	"github.com/pullgate/pullgate/verify/hosts"
@@ -136,6 +137,37 @@ func (r *Resolver) resolveAt(ctx context.Context, ep hosts.Endpoint, img Image, 
 	return digest.Digest(full.Digest.String()), nil
 }
 
+// Repository returns the image's repository on the registry itself (never a mirror:
+// signatures are read where they were written) and cosign options that reach it with cred.
+func (r *Resolver) Repository(ctx context.Context, img Image, cred auth.Credential) (name.Repository, []ociremote.Option, error) {
+	eps, err := r.hosts.Endpoints(img.Registry)
+	if err != nil {
+		return name.Repository{}, nil, &RegistryError{Image: img, Err: err}
+	}
+	ep := eps[len(eps)-1]
+	if ep.Mirror || ep.OverridePath != "" {
+		return name.Repository{}, nil, &RegistryError{Image: img, Err: fmt.Errorf("hosts.toml for %s sends the registry's own traffic to %s%s; signatures are read from the registry itself", img.Registry, ep.Host, ep.OverridePath)}
+	}
+	var opts []name.Option
+	if ep.Scheme == "http" {
+		opts = append(opts, name.Insecure)
+	}
+	reg, err := name.NewRegistry(ep.Host, opts...)
+	if err != nil {
+		return name.Repository{}, nil, err
+	}
+	repo := reg.Repo(img.Repository)
+	rt, err := r.transport(ctx, ep, reg, repo, cred)
+	if err != nil {
+		return name.Repository{}, nil, registryError(img, err)
+	}
+	return repo, []ociremote.Option{
+		ociremote.WithRemoteOptions(remote.WithContext(ctx), remote.WithTransport(rt)),
+		// Pinned, so that cosign's COSIGN_REPOSITORY in the environment cannot redirect the lookup.
+		ociremote.WithTargetRepository(repo),
+	}, nil
+}
+
 type transportKey struct {
 	scheme, host, repo string
 	tls                any
@@ -162,7 +194,7 @@ func (r *Resolver) transport(ctx context.Context, ep hosts.Endpoint, reg name.Re
 	}
 	r.mu.Unlock()
 
-	inner := transport.NewRetry(r.base(ep), transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests,
+	inner := transport.NewRetry(budgetTransport{r.base(ep)}, transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests,
 		http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout))
 	if ep.Scheme == "https" {
 		inner = httpsOnly{inner}

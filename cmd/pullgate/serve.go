@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -80,8 +79,10 @@ func serve(args []string) error {
 		return err
 	}
 
-	var policy atomic.Pointer[verify.Policy]
-	policy.Store(&verify.Policy{DefaultAction: verify.Action(cfg.DefaultAction)})
+	policy, err := cfg.Policy()
+	if err != nil {
+		return err
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := proxy.NewMetrics(reg)
@@ -90,7 +91,8 @@ func serve(args []string) error {
 	if cfg.Auth.NodeCredentials == "fallback" {
 		opts = append(opts, proxy.WithKeyring(auth.NewKeyring(cfg.Auth.Files)))
 	}
-	p := proxy.New(conn, resolver, func() proxy.Verifier { return policy.Load() }, store, opts...)
+	verifier := verify.NewVerifier(policy, resolver)
+	p := proxy.New(conn, resolver, func() proxy.Verifier { return verifier }, store, opts...)
 
 	lis, err := listener(cfg.Listen)
 	if err != nil {
@@ -126,7 +128,7 @@ func serve(args []string) error {
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
 				daemon.SdNotify(false, daemon.SdNotifyReloading)
-				reload(logger, load, cfg, &policy, level)
+				reload(logger, load, cfg, verifier, level)
 				daemon.SdNotify(false, daemon.SdNotifyReady)
 				continue
 			}
@@ -147,19 +149,24 @@ func serve(args []string) error {
 
 // reload applies a changed configuration file; a file that does not validate is refused whole
 // and the running configuration kept.
-func reload(logger *slog.Logger, load func() (config.Config, error), running config.Config, policy *atomic.Pointer[verify.Policy], level *slog.LevelVar) {
+func reload(logger *slog.Logger, load func() (config.Config, error), running config.Config, verifier *verify.Verifier, level *slog.LevelVar) {
 	cfg, err := load()
 	if err != nil {
 		logger.Error("configuration reload refused, keeping the running configuration", "error", err)
 		return
 	}
-	policy.Store(&verify.Policy{DefaultAction: verify.Action(cfg.DefaultAction)})
+	policy, err := cfg.Policy()
+	if err != nil {
+		logger.Error("configuration reload refused, keeping the running configuration", "error", err)
+		return
+	}
+	verifier.SetPolicy(policy)
 	level.Set(parseLevel(cfg.Log.Level))
 	if cfg.Listen != running.Listen || cfg.RuntimeEndpoint != running.RuntimeEndpoint || cfg.MetricsAddress != running.MetricsAddress ||
 		cfg.RegistryConfigPath != running.RegistryConfigPath || cfg.ContainerdNamespace != running.ContainerdNamespace {
 		logger.Warn("configuration reloaded; listen, runtimeEndpoint, metricsAddress, registryConfigPath and containerdNamespace take effect on restart")
 	}
-	logger.Info("configuration reloaded", "defaultAction", cfg.DefaultAction)
+	logger.Info("configuration reloaded", "defaultAction", cfg.DefaultAction, "policies", len(cfg.Policies))
 }
 
 // listener uses the socket systemd passed in (socket activation) or opens the configured one.

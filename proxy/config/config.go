@@ -38,9 +38,8 @@ type Config struct {
 	Auth                Auth         `json:"auth"`
 	Verification        Verification `json:"verification"`
 	DefaultAction       string       `json:"defaultAction"`
-	// Policies are signature rules. This version cannot verify signatures yet, so any rule is
-	// refused rather than silently ignored.
-	Policies []json.RawMessage `json:"policies,omitempty"`
+	// Policies are ordered rules; the first that matches an image decides.
+	Policies []verify.RuleSpec `json:"policies,omitempty"`
 }
 
 type Log struct {
@@ -57,6 +56,10 @@ type Verification struct {
 	Timeout     Duration `json:"timeout"`
 	CacheTTL    Duration `json:"cacheTTL"`
 	TrustedRoot string   `json:"trustedRoot,omitempty"`
+	// MaxSignatures and MaxBytes bound what one image's verification fetches; beyond them the
+	// pull is denied.
+	MaxSignatures int   `json:"maxSignatures"`
+	MaxBytes      int64 `json:"maxBytes"`
 }
 
 // Duration reads "30s", "24h" and the like. A value that is not a duration is kept as a problem
@@ -98,7 +101,7 @@ func Default() Config {
 		ShutdownGracePeriod: Duration{Duration: 20 * time.Second},
 		Log:                 Log{Format: "json", Level: "info"},
 		Auth:                Auth{Files: []string{"/var/lib/kubelet/config.json"}, NodeCredentials: "fallback"},
-		Verification:        Verification{Timeout: Duration{Duration: 30 * time.Second}, CacheTTL: Duration{Duration: 24 * time.Hour}},
+		Verification:        Verification{Timeout: Duration{Duration: 30 * time.Second}, CacheTTL: Duration{Duration: 24 * time.Hour}, MaxSignatures: 32, MaxBytes: 4 << 20},
 		DefaultAction:       string(verify.Deny),
 	}
 }
@@ -197,8 +200,20 @@ func (c Config) Validate() error {
 	if c.DefaultAction != string(verify.Deny) && c.DefaultAction != string(verify.Allow) {
 		add("defaultAction", "must be deny or allow, got %q", c.DefaultAction)
 	}
-	if len(c.Policies) > 0 {
-		add("policies", "signature policies are not supported by this version of pullgate; remove them (every image then gets defaultAction) or install a version that verifies signatures")
+	if c.Verification.MaxSignatures <= 0 {
+		add("verification.maxSignatures", "must be positive, got %d", c.Verification.MaxSignatures)
+	}
+	if c.Verification.MaxBytes <= 0 {
+		add("verification.maxBytes", "must be positive, got %d", c.Verification.MaxBytes)
+	}
+	if c.DefaultAction == string(verify.Deny) || c.DefaultAction == string(verify.Allow) {
+		if _, err := c.Policy(); err != nil {
+			if j, ok := err.(interface{ Unwrap() []error }); ok {
+				errs = append(errs, j.Unwrap()...)
+			} else {
+				errs = append(errs, err)
+			}
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -210,4 +225,21 @@ func UnixPath(endpoint string) (string, error) {
 		return "", fmt.Errorf("must be unix:///absolute/path.sock, got %q", endpoint)
 	}
 	return p, nil
+}
+
+// Settings are the bounds verification runs under.
+func (c Config) Settings() verify.Settings {
+	return verify.Settings{
+		Timeout:       c.Verification.Timeout.Duration,
+		CacheTTL:      c.Verification.CacheTTL.Duration,
+		TrustedRoot:   c.Verification.TrustedRoot,
+		MaxSignatures: c.Verification.MaxSignatures,
+		MaxBytes:      c.Verification.MaxBytes,
+	}
+}
+
+// Policy compiles the policies: keys, certificates and the trusted root are read, globs,
+// regular expressions and CEL conditions compiled.
+func (c Config) Policy() (*verify.Policy, error) {
+	return verify.CompilePolicy(c.Policies, verify.Action(c.DefaultAction), c.Settings())
 }

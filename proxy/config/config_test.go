@@ -219,12 +219,20 @@ func TestValidateFields(t *testing.T) {
 		{name: "bad cache TTL", yaml: "verification: {cacheTTL: forever}", field: "verification.cacheTTL", mentions: `"forever"`},
 		{name: "default allow", yaml: "defaultAction: allow"},
 		{name: "default action", yaml: "defaultAction: warn", field: "defaultAction", mentions: "warn"},
+		{name: "skip policy", yaml: "policies:\n- name: base-images\n  images: [\"docker.io/library/*\"]\n  mode: skip\n"},
 		{
-			name:     "policies",
-			yaml:     "policies:\n- name: base-images\n  images: [\"docker.io/library/*\"]\n  mode: skip\n",
-			field:    "policies",
-			mentions: "not supported",
+			name:     "enforce policy without authorities",
+			yaml:     "policies:\n- name: apps\n  images: [\"registry.example.com/**\"]\n  mode: enforce\n",
+			field:    "policies[0].authorities",
+			mentions: "at least one authority",
 		},
+		{
+			name:     "policy with missing key file",
+			yaml:     "policies:\n- name: apps\n  images: [\"registry.example.com/**\"]\n  mode: enforce\n  authorities:\n  - name: k\n    key: {file: /nonexistent.pub}\n    ignoreTransparencyLog: true\n",
+			field:    "policies[0].authorities[0]",
+			mentions: "/nonexistent.pub",
+		},
+		{name: "max signatures", yaml: "verification: {maxSignatures: 0}", field: "verification.maxSignatures", mentions: "positive"},
 		{name: "empty policies", yaml: "policies: []"},
 	}
 	for _, tt := range tests {

@@ -1,0 +1,68 @@
+package verify
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"sync/atomic"
+)
+
+// boundError is a verification that would fetch more than the configured bounds allow. It
+// denies the pull: an image should not need that much to prove itself.
+type boundError struct{ msg string }
+
+func (e *boundError) Error() string { return e.msg }
+
+type budgetKey struct{}
+
+// budget is what one verification may still read from registries, in bytes.
+type budget struct {
+	limit int64
+	left  atomic.Int64
+}
+
+// withBudget bounds the bytes that registry responses read under ctx may carry, manifests and
+// signature layers alike; max <= 0 means no bound.
+func withBudget(ctx context.Context, max int64) context.Context {
+	if max <= 0 {
+		return ctx
+	}
+	b := &budget{limit: max}
+	b.left.Store(max)
+	return context.WithValue(ctx, budgetKey{}, b)
+}
+
+// budgetTransport charges response bodies to the budget in the request's context.
+type budgetTransport struct{ inner http.RoundTripper }
+
+func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.inner.RoundTrip(req)
+	b, _ := req.Context().Value(budgetKey{}).(*budget)
+	if err != nil || b == nil {
+		return resp, err
+	}
+	if resp.ContentLength > b.left.Load() {
+		resp.Body.Close()
+		return nil, b.exceeded()
+	}
+	resp.Body = &budgetBody{ReadCloser: resp.Body, b: b}
+	return resp, nil
+}
+
+func (b *budget) exceeded() error {
+	return &boundError{fmt.Sprintf("signatures and attestations take more than the %d bytes allowed per image (verification.maxBytes)", b.limit)}
+}
+
+type budgetBody struct {
+	io.ReadCloser
+	b *budget
+}
+
+func (r *budgetBody) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if r.b.left.Add(-int64(n)) < 0 {
+		return n, r.b.exceeded()
+	}
+	return n, err
+}

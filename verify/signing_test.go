@@ -1,0 +1,230 @@
+package verify
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/base64"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
+	"github.com/sigstore/cosign/v2/pkg/oci/mutate"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
+	"github.com/sigstore/cosign/v2/pkg/oci/static"
+	"github.com/sigstore/sigstore/pkg/cryptoutils"
+	"github.com/sigstore/sigstore/pkg/signature"
+	sigpayload "github.com/sigstore/sigstore/pkg/signature/payload"
+
+	"github.com/pullgate/pullgate/verify/auth"
+	"github.com/pullgate/pullgate/verify/hosts"
+)
+
+// testRegistry is go-containerregistry's registry on loopback, plain HTTP.
+func testRegistry(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(registry.New())
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func pushImage(t *testing.T, ref string) name.Digest {
+	t.Helper()
+	img, err := random.Image(256, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(tag, img); err != nil {
+		t.Fatal(err)
+	}
+	d, err := img.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tag.Context().Digest(d.String())
+}
+
+// testKey is an ECDSA P-256 key pair and its public key as a PEM file.
+type testKey struct {
+	signer  signature.SignerVerifier
+	pemFile string
+}
+
+func newTestKey(t *testing.T) testKey {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "key.pub")
+	if err := os.WriteFile(f, pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return testKey{signer: sv, pemFile: f}
+}
+
+// sign attaches a cosign simple-signing signature for target to the image at d, as
+// `cosign sign --key` does (without a transparency-log upload).
+func (k testKey) sign(t *testing.T, d name.Digest, target name.Digest) {
+	t.Helper()
+	pl, err := sigpayload.Cosign{Image: target}.MarshalJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := k.signer.SignMessage(bytes.NewReader(pl))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := static.NewSignature(pl, base64.StdEncoding.EncodeToString(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	se, err := ociremote.SignedEntity(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	se, err = mutate.AttachSignatureToEntity(se, sig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ociremote.WriteSignatures(d.Repository, se); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func keyRule(name string, images []string, mode Mode, keys ...testKey) RuleSpec {
+	r := RuleSpec{Name: name, Images: images, Mode: mode}
+	for i, k := range keys {
+		r.Authorities = append(r.Authorities, AuthoritySpec{Name: "key" + string(rune('a'+i)), Key: &KeySpec{File: k.pemFile}, IgnoreTransparencyLog: true})
+	}
+	return r
+}
+
+var testSettings = Settings{Timeout: 10 * time.Second, CacheTTL: time.Hour, MaxSignatures: 8, MaxBytes: 1 << 20}
+
+func newTestVerifier(t *testing.T, rules ...RuleSpec) *Verifier {
+	t.Helper()
+	p, err := CompilePolicy(rules, Deny, testSettings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return NewVerifier(p, NewResolver(hosts.New("")))
+}
+
+func pullRequest(t *testing.T, d name.Digest, ns string) Request {
+	t.Helper()
+	img, err := ParseImage(d.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Request{Image: img, Digest: digest.Digest(d.DigestStr()), Namespace: ns, Credential: auth.Credential{}}
+}
+
+func TestVerifyKeySignature(t *testing.T) {
+	t.Parallel()
+	host := testRegistry(t)
+	release, other := newTestKey(t), newTestKey(t)
+	signed := pushImage(t, host+"/apps/signed:v1")
+	release.sign(t, signed, signed)
+	unsigned := pushImage(t, host+"/apps/unsigned:v1")
+	otherKey := pushImage(t, host+"/apps/other:v1")
+	other.sign(t, otherKey, otherKey)
+	wrongDigest := pushImage(t, host+"/apps/wrong:v1")
+	release.sign(t, wrongDigest, signed) // a valid signature, for another digest
+
+	v := newTestVerifier(t,
+		keyRule("apps", []string{host + "/apps/**"}, Enforce, release),
+	)
+	tests := []struct {
+		name    string
+		d       name.Digest
+		allowed bool
+		reason  string
+	}{
+		{name: "signed", d: signed, allowed: true},
+		{name: "unsigned", d: unsigned, reason: "keya: no cosign signature found"},
+		{name: "wrong key", d: otherKey, reason: "none of 1 signature(s) verified with this key"},
+		{name: "signature for another digest", d: wrongDigest, reason: "invalid or missing digest in claim"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := v.Verify(context.Background(), pullRequest(t, tc.d, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Allowed != tc.allowed || d.Rule != "apps" || !strings.Contains(d.Reason, tc.reason) {
+				t.Fatalf("Verify = %+v, want allowed=%v reason containing %q", d, tc.allowed, tc.reason)
+			}
+		})
+	}
+}
+
+func TestVerifyModesAndCache(t *testing.T) {
+	t.Parallel()
+	host := testRegistry(t)
+	key := newTestKey(t)
+	unsigned := pushImage(t, host+"/team/app:v1")
+	v := newTestVerifier(t,
+		keyRule("prod", []string{host + "/team/**"}, Enforce, key),
+	)
+	v.SetPolicy(mustPolicy(t, RuleSpec{Name: "prod", Images: []string{host + "/team/**"}, Namespaces: []string{"prod-*"}, Mode: Enforce,
+		Authorities: []AuthoritySpec{{Name: "k", Key: &KeySpec{File: key.pemFile}, IgnoreTransparencyLog: true}}},
+		keyRule("observe", []string{host + "/team/**"}, Warn, key)))
+
+	d, err := v.Verify(context.Background(), pullRequest(t, unsigned, "prod-eu"))
+	if err != nil || d.Allowed || d.Rule != "prod" {
+		t.Fatalf("prod namespace: %+v, %v; want denied by prod", d, err)
+	}
+	d, err = v.Verify(context.Background(), pullRequest(t, unsigned, "dev"))
+	if err != nil || !d.Allowed || d.Rule != "observe" || d.Reason == "" {
+		t.Fatalf("dev namespace: %+v, %v; want allowed by observe (warn) with a reason", d, err)
+	}
+	d, err = v.Verify(context.Background(), pullRequest(t, unsigned, ""))
+	if err != nil || d.Rule != "observe" {
+		t.Fatalf("no namespace: %+v, %v; want the rule without namespaces", d, err)
+	}
+	if !d.Cached {
+		t.Errorf("second check of the same digest under the same rule was not cached")
+	}
+	key.sign(t, unsigned, unsigned)
+	// A denial is remembered only briefly: once it expires, the new signature counts.
+	v.now = func() time.Time { return time.Now().Add(failureTTL + time.Second) }
+	d, err = v.Verify(context.Background(), pullRequest(t, unsigned, "prod-eu"))
+	if err != nil || !d.Allowed || d.Cached {
+		t.Fatalf("after signing: %+v, %v; want allowed, verified afresh", d, err)
+	}
+}
+
+func mustPolicy(t *testing.T, rules ...RuleSpec) *Policy {
+	t.Helper()
+	p, err := CompilePolicy(rules, Deny, testSettings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+

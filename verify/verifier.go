@@ -1,0 +1,371 @@
+package verify
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/sigstore/cosign/v2/pkg/cosign"
+	"github.com/sigstore/cosign/v2/pkg/oci"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
+
+	"github.com/pullgate/pullgate/verify/auth"
+)
+
+// failureTTL is how long a denial is remembered: long enough to absorb kubelet's retries of
+// one pod, short enough that a signature pushed a moment later counts.
+const failureTTL = 5 * time.Second
+
+// Registry gives access to an image's repository with the pull's credential.
+type Registry interface {
+	Repository(ctx context.Context, img Image, cred auth.Credential) (name.Repository, []ociremote.Option, error)
+}
+
+// Verifier decides pulls with a Policy, verifying signatures and attestations on the digest.
+type Verifier struct {
+	policy   atomic.Pointer[Policy]
+	registry Registry
+	now      func() time.Time
+
+	flight flight[cacheKey, Decision]
+	mu     sync.Mutex
+	cache  map[cacheKey]cached
+}
+
+type cacheKey struct {
+	image, digest, rule string
+}
+
+type cached struct {
+	d       Decision
+	expires time.Time
+}
+
+// NewVerifier returns a verifier for p that fetches signatures through r.
+func NewVerifier(p *Policy, r Registry) *Verifier {
+	v := &Verifier{registry: r, now: time.Now, cache: map[cacheKey]cached{}}
+	v.policy.Store(p)
+	return v
+}
+
+// SetPolicy replaces the policy for the next pulls. Cached results of rules that did not
+// change stay valid: the cache is keyed by each rule's content.
+func (v *Verifier) SetPolicy(p *Policy) { v.policy.Store(p) }
+
+// Verify decides req. An error means the image could not be checked; the pull must be denied.
+func (v *Verifier) Verify(ctx context.Context, req Request) (Decision, error) {
+	p := v.policy.Load()
+	r := p.match(req.Image, req.Namespace)
+	if r == nil {
+		if p.defaultAction == Allow {
+			return Decision{Allowed: true, Rule: DefaultRule}, nil
+		}
+		return Decision{Rule: DefaultRule, Reason: fmt.Sprintf("no policy matches %s and defaultAction is %s; add a policy for it or set defaultAction: allow", req.Image.Name(), Deny)}, nil
+	}
+	if r.mode == Skip {
+		return Decision{Allowed: true, Rule: r.name, Mode: Skip}, nil
+	}
+	key := cacheKey{req.Image.Name(), req.Digest.String(), r.hash}
+	if d, ok := v.cached(key); ok {
+		return d, nil
+	}
+	d, _, err := v.flight.Do(ctx, key, func(ctx context.Context) (Decision, error) {
+		ctx, cancel := context.WithTimeout(ctx, p.settings.Timeout)
+		defer cancel()
+		d, err := v.check(ctx, p.settings, r, req)
+		if err == nil {
+			ttl := p.settings.CacheTTL
+			if !d.verified() {
+				ttl = min(ttl, failureTTL)
+			}
+			v.store(key, d, ttl)
+		}
+		return d, err
+	})
+	if err != nil && r.mode == Warn {
+		return Decision{Allowed: true, Rule: r.name, Mode: Warn, Reason: "could not verify: " + err.Error()}, nil
+	}
+	return d, err
+}
+
+// verified is true when every check of the rule held.
+func (d Decision) verified() bool { return d.Allowed && d.Reason == "" }
+
+func (v *Verifier) cached(key cacheKey) (Decision, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	c, ok := v.cache[key]
+	if !ok || v.now().After(c.expires) {
+		return Decision{}, false
+	}
+	c.d.Cached = true
+	return c.d, true
+}
+
+// maxCached bounds the cache; past it, expired entries go first, then everything.
+const maxCached = 50_000
+
+func (v *Verifier) store(key cacheKey, d Decision, ttl time.Duration) {
+	if ttl <= 0 {
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := v.now()
+	if len(v.cache) >= maxCached {
+		for k, c := range v.cache {
+			if now.After(c.expires) {
+				delete(v.cache, k)
+			}
+		}
+		if len(v.cache) >= maxCached {
+			clear(v.cache)
+		}
+	}
+	v.cache[key] = cached{d: d, expires: now.Add(ttl)}
+}
+
+// check verifies the rule's authorities and attestations against req's digest.
+func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request) (Decision, error) {
+	d := Decision{Rule: r.name, Mode: r.mode}
+	ctx = withBudget(ctx, s.MaxBytes)
+	repo, opts, err := v.registry.Repository(ctx, req.Image, req.Credential)
+	if err != nil {
+		return d, err
+	}
+	ref := repo.Digest(req.Digest.String())
+	h, err := v1.NewHash(req.Digest.String())
+	if err != nil {
+		return d, err
+	}
+
+	// A bound exceeded denies for what the image carries; other fetch errors mean it could not
+	// be checked.
+	deny := func(reason string) (Decision, error) {
+		d.Reason, d.Allowed = reason, r.mode == Warn
+		return d, nil
+	}
+	var be *boundError
+	sigs, err := fetch(ref, ociremote.SignatureTag, s.MaxSignatures, opts)
+	if errors.As(err, &be) {
+		return deny(be.msg)
+	} else if err != nil {
+		return d, fetchError(req.Image, "signatures", err)
+	}
+	var reasons []string
+	for _, a := range r.authorities {
+		res := verifySignatures(ctx, a, sigs, h, r, req.Image)
+		d.Authorities = append(d.Authorities, res)
+		if res.Verified {
+			reasons = nil
+			break
+		}
+		reasons = append(reasons, a.name+": "+res.Reason)
+	}
+	if len(reasons) == 0 && len(r.attestations) > 0 {
+		atts, err := fetch(ref, ociremote.AttestationTag, s.MaxSignatures, opts)
+		if errors.As(err, &be) {
+			return deny(be.msg)
+		} else if err != nil {
+			return d, fetchError(req.Image, "attestations", err)
+		}
+		for _, spec := range r.attestations {
+			if reason := checkAttestation(ctx, r, spec, atts, h); reason != "" {
+				reasons = append(reasons, "attestation "+spec.name+": "+reason)
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return d, fmt.Errorf("verify %s@%s: %w", req.Image.Name(), req.Digest, err)
+	}
+	if len(reasons) > 0 {
+		return deny(strings.Join(reasons, "; "))
+	}
+	d.Allowed = true
+	return d, nil
+}
+
+// fetch lists the signatures (or attestations) stored under the digest's cosign tag.
+func fetch(ref name.Digest, tag func(name.Reference, ...ociremote.Option) (name.Tag, error), max int, opts []ociremote.Option) ([]oci.Signature, error) {
+	t, err := tag(ref, opts...)
+	if err != nil {
+		return nil, err
+	}
+	sigs, err := ociremote.Signatures(t, opts...)
+	if err != nil {
+		return nil, err
+	}
+	list, err := sigs.Get()
+	if err != nil {
+		return nil, err
+	}
+	if max > 0 && len(list) > max {
+		return nil, &boundError{fmt.Sprintf("%d signatures stored for the image, more than the %d allowed", len(list), max)}
+	}
+	return list, nil
+}
+
+// verifySignatures reports whether any signature verifies with authority a.
+func verifySignatures(ctx context.Context, a *authority, sigs []oci.Signature, h v1.Hash, r *rule, img Image) AuthorityResult {
+	res := AuthorityResult{Name: a.name}
+	if len(sigs) == 0 {
+		res.Reason = fmt.Sprintf("no cosign signature found for %s (looked for a %s signature)", h, a.kind)
+		return res
+	}
+	co := a.opts
+	co.ClaimVerifier = claimVerifier(r.bindRepo, img)
+	var errs []string
+	for _, sig := range sigs {
+		if _, err := cosign.VerifyImageSignature(ctx, sig, h, &co); err != nil {
+			errs = append(errs, oneLine(err))
+			continue
+		}
+		res.Verified = true
+		return res
+	}
+	res.Reason = fmt.Sprintf("none of %d signature(s) verified with this %s: %s", len(sigs), a.kind, strings.Join(dedupe(errs), "; "))
+	return res
+}
+
+// claimVerifier checks the signed payload: it names the digest being pulled, carries no
+// critical field pullgate does not understand, and, when the rule binds the repository, names
+// the image's repository.
+func claimVerifier(bindRepo bool, img Image) func(oci.Signature, v1.Hash, map[string]any) error {
+	return func(sig oci.Signature, h v1.Hash, ann map[string]any) error {
+		if err := cosign.SimpleClaimVerifier(sig, h, ann); err != nil {
+			return err
+		}
+		p, err := sig.Payload()
+		if err != nil {
+			return err
+		}
+		var payload struct {
+			Critical map[string]json.RawMessage `json:"critical"`
+		}
+		if err := json.Unmarshal(p, &payload); err != nil {
+			return err
+		}
+		for k := range payload.Critical {
+			if k != "identity" && k != "image" && k != "type" {
+				return fmt.Errorf("payload has unknown critical field %q", k)
+			}
+		}
+		var typ string
+		json.Unmarshal(payload.Critical["type"], &typ)
+		if typ != "cosign container image signature" && typ != "atomic container signature" {
+			return fmt.Errorf("payload type %q is not a container image signature", typ)
+		}
+		if !bindRepo {
+			return nil
+		}
+		var id struct {
+			Ref string `json:"docker-reference"`
+		}
+		json.Unmarshal(payload.Critical["identity"], &id)
+		signed, err := ParseImage(id.Ref)
+		if err != nil || signed.Name() != img.Name() {
+			return fmt.Errorf("signature is for repository %q, not %s", id.Ref, img.Name())
+		}
+		return nil
+	}
+}
+
+// checkAttestation returns "" when an attestation of spec's predicate type, signed by one of the
+// rule's authorities, satisfies its condition, and otherwise what was missing or wrong.
+func checkAttestation(ctx context.Context, r *rule, spec *attestation, atts []oci.Signature, h v1.Hash) string {
+	if len(atts) == 0 {
+		return fmt.Sprintf("no attestation found for %s (looked for predicate type %s)", h, spec.predicateType)
+	}
+	var found []string
+	for _, a := range r.authorities {
+		co := a.opts
+		co.ClaimVerifier = cosign.IntotoSubjectClaimVerifier
+		for _, att := range atts {
+			if _, err := cosign.VerifyBlobAttestation(ctx, att, h, &co); err != nil {
+				continue
+			}
+			st, err := statement(att)
+			if err != nil {
+				found = append(found, "unreadable statement: "+err.Error())
+				continue
+			}
+			if st.PredicateType != spec.predicateType {
+				found = append(found, "signed "+st.PredicateType)
+				continue
+			}
+			if spec.program == nil {
+				return ""
+			}
+			out, _, err := spec.program.ContextEval(ctx, map[string]any{"predicate": st.Predicate})
+			if err != nil {
+				found = append(found, fmt.Sprintf("condition could not be evaluated: %v", oneLine(err)))
+				continue
+			}
+			if ok, isBool := out.Value().(bool); isBool && ok {
+				return ""
+			}
+			found = append(found, "condition is false")
+		}
+	}
+	if len(found) == 0 {
+		return fmt.Sprintf("none of %d attestation(s) is signed by the rule's authorities", len(atts))
+	}
+	return fmt.Sprintf("want predicate type %s with its condition true, found: %s", spec.predicateType, strings.Join(dedupe(found), ", "))
+}
+
+type inTotoStatement struct {
+	PredicateType string `json:"predicateType"`
+	Predicate     any    `json:"predicate"`
+}
+
+func statement(att oci.Signature) (inTotoStatement, error) {
+	var st inTotoStatement
+	p, err := att.Payload()
+	if err != nil {
+		return st, err
+	}
+	var env struct {
+		Payload string `json:"payload"`
+	}
+	if err := json.Unmarshal(p, &env); err != nil {
+		return st, err
+	}
+	b, err := base64.StdEncoding.DecodeString(env.Payload)
+	if err != nil {
+		return st, err
+	}
+	return st, json.Unmarshal(b, &st)
+}
+
+// fetchError wraps registry trouble while fetching: the pull could not be checked.
+func fetchError(img Image, what string, err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
+		return &RegistryError{Image: img, Err: fmt.Errorf("fetch %s: %w", what, err)}
+	}
+	return registryError(img, fmt.Errorf("fetch %s: %w", what, err))
+}
+
+func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
+
+func dedupe(s []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, e := range s {
+		if !seen[e] {
+			seen[e] = true
+			out = append(out, e)
+		}
+	}
+	return out
+}
