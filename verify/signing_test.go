@@ -226,5 +226,3 @@ func mustPolicy(t *testing.T, rules ...RuleSpec) *Policy {
 	}
 	return p
 }
-
-
