@@ -18,6 +18,7 @@ const usage = `usage: pullgate <command> [flags]
 
 commands:
   serve          serve the CRI on a Unix socket in front of the runtime
+  verify         check an image against the policy without a runtime (exit 0 allowed, 1 denied, 2 undecided)
   check-config   validate a configuration file and report every problem
   version        print the version
 `
@@ -31,6 +32,8 @@ func main() {
 	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
 	case "serve":
 		err = serve(args)
+	case "verify":
+		os.Exit(verifyImage(args, os.Stdout))
 	case "check-config":
 		err = checkConfig(args)
 	case "version", "--version":

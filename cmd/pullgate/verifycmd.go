@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/pullgate/pullgate/proxy/config"
+	"github.com/pullgate/pullgate/verify"
+	"github.com/pullgate/pullgate/verify/auth"
+	"github.com/pullgate/pullgate/verify/hosts"
+)
+
+// Exit codes of `pullgate verify`, for CI pipelines.
+const (
+	exitAllowed   = 0
+	exitDenied    = 1
+	exitUndecided = 2
+)
+
+type stringList []string
+
+func (l *stringList) String() string     { return fmt.Sprint(*l) }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
+
+// verifyImage runs the pull pipeline without a runtime: resolve, match a rule, verify, and
+// print why the image would be allowed or denied.
+func verifyImage(args []string, stdout io.Writer) int {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	configPath := fs.String("config", config.DefaultPath, "configuration file with the policies")
+	namespace := fs.String("namespace", "", "pod namespace, for rules scoped to namespaces")
+	var authFiles stringList
+	fs.Var(&authFiles, "auth-file", "docker config.json with registry credentials (repeatable; added to auth.files)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: pullgate verify [--config FILE] [--namespace NS] [--auth-file FILE] IMAGE")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		if err == nil {
+			fs.Usage()
+		}
+		return exitUndecided
+	}
+	fail := func(err error) int {
+		fmt.Fprintln(os.Stderr, "pullgate verify:", err)
+		return exitUndecided
+	}
+	cfg, err := config.Load(*configPath)
+	if err != nil {
+		return fail(err)
+	}
+	img, err := verify.ParseImage(fs.Arg(0))
+	if err != nil {
+		return fail(err)
+	}
+	policy, err := cfg.Policy()
+	if err != nil {
+		return fail(err)
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	resolver := verify.NewResolver(hosts.New(cfg.RegistryConfigPath), verify.WithResolveTimeout(cfg.Verification.Timeout.Duration), verify.WithResolveLogger(logger))
+	creds, err := auth.NewKeyring(append(cfg.Auth.Files, authFiles...)).Lookup(img.Name())
+	if err != nil {
+		logger.Warn("credential files have problems", "error", err)
+	}
+	creds = append(creds, auth.Credential{})
+
+	ctx := context.Background()
+	var (
+		dgst = img.Digest
+		cred auth.Credential
+	)
+	if dgst == "" {
+		for _, cred = range creds {
+			var re *verify.RegistryError
+			if dgst, err = resolver.Resolve(ctx, img, cred); err == nil || !errors.As(err, &re) || re.Unavailable {
+				break
+			}
+		}
+		if err != nil {
+			return fail(err)
+		}
+	}
+	d, err := verify.NewVerifier(policy, resolver).Verify(ctx, verify.Request{Image: img, Digest: dgst, Namespace: *namespace, Credential: cred})
+	if err != nil {
+		return fail(fmt.Errorf("%s@%s could not be checked: %w", img.Name(), dgst, err))
+	}
+	verdict, code := "allowed", exitAllowed
+	switch {
+	case !d.Allowed:
+		verdict, code = "denied", exitDenied
+	case d.Reason != "":
+		verdict = "allowed (warn mode: verification failed)"
+	}
+	fmt.Fprintf(stdout, "image:    %s\ndigest:   %s\nrule:     %s", img, dgst, d.Rule)
+	if d.Mode != "" {
+		fmt.Fprintf(stdout, " (%s)", d.Mode)
+	}
+	fmt.Fprintf(stdout, "\ndecision: %s\n", verdict)
+	for _, a := range d.Authorities {
+		if a.Verified {
+			fmt.Fprintf(stdout, "  authority %s: verified\n", a.Name)
+		} else {
+			fmt.Fprintf(stdout, "  authority %s: %s\n", a.Name, a.Reason)
+		}
+	}
+	if d.Reason != "" {
+		fmt.Fprintf(stdout, "reason:   %s\n", d.Reason)
+	}
+	return code
+}
