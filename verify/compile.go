@@ -34,6 +34,8 @@ type rule struct {
 	authorities  []*authority
 	attestations []*attestation
 	bindRepo     bool
+	// platformLevel accepts a signature on the node's platform manifest of an unsigned index.
+	platformLevel bool
 	// hash identifies the rule's content, key material included, for the verification cache.
 	hash string
 }
@@ -82,7 +84,10 @@ func CompilePolicy(specs []RuleSpec, defaultAction Action, s Settings) (*Policy,
 	names := map[string]bool{}
 	for i, spec := range specs {
 		path := fmt.Sprintf("policies[%d]", i)
-		r := &rule{name: spec.Name, mode: spec.Mode, bindRepo: spec.BindRepository}
+		r := &rule{name: spec.Name, mode: spec.Mode, bindRepo: spec.BindRepository, platformLevel: spec.SignedLevel == SignedPlatform}
+		if spec.SignedLevel != "" && spec.SignedLevel != SignedIndex && spec.SignedLevel != SignedPlatform {
+			add(path+".signedLevel", "must be index or platform, got %q", spec.SignedLevel)
+		}
 		h := sha256.New()
 		json.NewEncoder(h).Encode(spec)
 		switch {

@@ -16,7 +16,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
-	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 
 	"github.com/pullgate/pullgate/verify/auth"
 	"github.com/pullgate/pullgate/verify/hosts"
@@ -138,8 +137,8 @@ func (r *Resolver) resolveAt(ctx context.Context, ep hosts.Endpoint, img Image, 
 }
 
 // Repository returns the image's repository on the registry itself (never a mirror:
-// signatures are read where they were written) and cosign options that reach it with cred.
-func (r *Resolver) Repository(ctx context.Context, img Image, cred auth.Credential) (name.Repository, []ociremote.Option, error) {
+// signatures are read where they were written) and options that reach it with cred.
+func (r *Resolver) Repository(ctx context.Context, img Image, cred auth.Credential) (name.Repository, []remote.Option, error) {
 	eps, err := r.hosts.Endpoints(img.Registry)
 	if err != nil {
 		return name.Repository{}, nil, &RegistryError{Image: img, Err: err}
@@ -161,11 +160,7 @@ func (r *Resolver) Repository(ctx context.Context, img Image, cred auth.Credenti
 	if err != nil {
 		return name.Repository{}, nil, registryError(img, err)
 	}
-	return repo, []ociremote.Option{
-		ociremote.WithRemoteOptions(remote.WithContext(ctx), remote.WithTransport(rt)),
-		// Pinned, so that cosign's COSIGN_REPOSITORY in the environment cannot redirect the lookup.
-		ociremote.WithTargetRepository(repo),
-	}, nil
+	return repo, []remote.Option{remote.WithContext(ctx), remote.WithTransport(rt)}, nil
 }
 
 type transportKey struct {

@@ -11,12 +11,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	mutateidx "github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
@@ -225,4 +229,76 @@ func mustPolicy(t *testing.T, rules ...RuleSpec) *Policy {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// pushIndex pushes an index of two platforms, this node's and another, and returns the index
+// and the digest of this node's manifest.
+func pushIndex(t *testing.T, ref string) (index, platform name.Digest) {
+	t.Helper()
+	tag, err := name.NewTag(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var adds []mutateidx.IndexAddendum
+	var mine v1.Hash
+	for _, p := range []v1.Platform{{OS: "linux", Architecture: runtime.GOARCH, Variant: armVariant()}, {OS: "linux", Architecture: "s390x"}} {
+		img, err := random.Image(128, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Architecture == runtime.GOARCH {
+			if mine, err = img.Digest(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		adds = append(adds, mutateidx.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
+	}
+	idx := mutateidx.AppendManifests(empty.Index, adds...)
+	if err := remote.WriteIndex(tag, idx); err != nil {
+		t.Fatal(err)
+	}
+	d, err := idx.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tag.Context().Digest(d.String()), tag.Context().Digest(mine.String())
+}
+
+func TestVerifySignedLevel(t *testing.T) {
+	t.Parallel()
+	host := testRegistry(t)
+	key := newTestKey(t)
+	index, platform := pushIndex(t, host+"/multi/app:v1")
+	key.sign(t, platform, platform) // only this node's platform manifest is signed
+	signedIndex, _ := pushIndex(t, host+"/multi/signed:v1")
+	key.sign(t, signedIndex, signedIndex)
+
+	rule := func(level string) RuleSpec {
+		r := keyRule("multi", []string{host + "/multi/**"}, Enforce, key)
+		r.SignedLevel = level
+		return r
+	}
+	tests := []struct {
+		name, level string
+		d           name.Digest
+		allowed     bool
+	}{
+		{name: "index level, platform signed", level: SignedIndex, d: index},
+		{name: "platform level, platform signed", level: SignedPlatform, d: index, allowed: true},
+		{name: "index level, index signed", level: SignedIndex, d: signedIndex, allowed: true},
+		{name: "platform level, index signed", level: SignedPlatform, d: signedIndex, allowed: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			v := newTestVerifier(t, rule(tc.level))
+			d, err := v.Verify(context.Background(), pullRequest(t, tc.d, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Allowed != tc.allowed {
+				t.Fatalf("Verify = %+v, want allowed=%v", d, tc.allowed)
+			}
+		})
+	}
 }

@@ -30,7 +30,17 @@ type RuleSpec struct {
 	// BindRepository requires the signature's docker-reference to name the image's repository,
 	// so that a signature copied from another repository does not count.
 	BindRepository bool `json:"bindRepository,omitempty"`
+	// SignedLevel is where a multi-platform image's signature must be: on the index (the digest
+	// pulled, the default), or, with platform, on the index or on the manifest of the node's
+	// platform.
+	SignedLevel string `json:"signedLevel,omitempty"`
 }
+
+// Signed levels of RuleSpec.SignedLevel.
+const (
+	SignedIndex    = "index"
+	SignedPlatform = "platform"
+)
 
 // AuthoritySpec is one trusted signer. Exactly one of Key, Keyless and Certificate is set.
 type AuthoritySpec struct {

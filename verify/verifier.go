@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/sigstore/cosign/v2/pkg/cosign"
 	"github.com/sigstore/cosign/v2/pkg/oci"
@@ -28,7 +30,7 @@ const failureTTL = 5 * time.Second
 
 // Registry gives access to an image's repository with the pull's credential.
 type Registry interface {
-	Repository(ctx context.Context, img Image, cred auth.Credential) (name.Repository, []ociremote.Option, error)
+	Repository(ctx context.Context, img Image, cred auth.Credential) (name.Repository, []remote.Option, error)
 }
 
 // Verifier decides pulls with a Policy, verifying signatures and attestations on the digest.
@@ -139,9 +141,14 @@ func (v *Verifier) store(key cacheKey, d Decision, ttl time.Duration) {
 func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request) (Decision, error) {
 	d := Decision{Rule: r.name, Mode: r.mode}
 	ctx = withBudget(ctx, s.MaxBytes)
-	repo, opts, err := v.registry.Repository(ctx, req.Image, req.Credential)
+	repo, ropts, err := v.registry.Repository(ctx, req.Image, req.Credential)
 	if err != nil {
 		return d, err
+	}
+	opts := []ociremote.Option{
+		ociremote.WithRemoteOptions(ropts...),
+		// Pinned, so that COSIGN_REPOSITORY in the environment cannot redirect the lookup.
+		ociremote.WithTargetRepository(repo),
 	}
 	ref := repo.Digest(req.Digest.String())
 	h, err := v1.NewHash(req.Digest.String())
@@ -171,6 +178,31 @@ func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request) 
 			break
 		}
 		reasons = append(reasons, a.name+": "+res.Reason)
+	}
+	if len(reasons) > 0 && r.platformLevel {
+		// The index is not signed: a signature on the manifest this node will run is enough.
+		pd, err := platformManifest(repo.Digest(req.Digest.String()), ropts)
+		if err != nil {
+			return d, fetchError(req.Image, "index", err)
+		}
+		if pd != nil {
+			psigs, err := fetch(repo.Digest(pd.Digest.String()), ociremote.SignatureTag, s.MaxSignatures, opts)
+			if errors.As(err, &be) {
+				return deny(be.msg)
+			} else if err != nil {
+				return d, fetchError(req.Image, "platform signatures", err)
+			}
+			d.Authorities = d.Authorities[:0]
+			for _, a := range r.authorities {
+				res := verifySignatures(ctx, a, psigs, pd.Digest, r, req.Image)
+				d.Authorities = append(d.Authorities, res)
+				if res.Verified {
+					reasons = nil
+					break
+				}
+				reasons = append(reasons, fmt.Sprintf("%s: index %s unsigned, and for platform %s: %s", a.name, h, pd.Platform, res.Reason))
+			}
+		}
 	}
 	if len(reasons) == 0 && len(r.attestations) > 0 {
 		atts, err := fetch(ref, ociremote.AttestationTag, s.MaxSignatures, opts)
@@ -368,4 +400,40 @@ func dedupe(s []string) []string {
 		}
 	}
 	return out
+}
+
+// platformManifest returns the descriptor of the manifest for this node's platform when ref is
+// an index, the one containerd will unpack, and nil when ref is a single manifest.
+func platformManifest(ref name.Digest, opts []remote.Option) (*v1.Descriptor, error) {
+	desc, err := remote.Get(ref, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if !desc.MediaType.IsIndex() {
+		return nil, nil
+	}
+	idx, err := desc.ImageIndex()
+	if err != nil {
+		return nil, err
+	}
+	m, err := idx.IndexManifest()
+	if err != nil {
+		return nil, err
+	}
+	want := v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH, Variant: armVariant()}
+	for i, d := range m.Manifests {
+		if d.Platform != nil && d.Platform.Satisfies(want) {
+			return &m.Manifests[i], nil
+		}
+	}
+	return nil, fmt.Errorf("index %s has no manifest for %s", ref.DigestStr(), want)
+}
+
+// armVariant is the variant containerd matches on 32-bit ARM; other architectures have none
+// that matter for the choice.
+func armVariant() string {
+	if runtime.GOARCH == "arm" {
+		return "v7"
+	}
+	return ""
 }
