@@ -1,7 +1,6 @@
 package verify
 
 import (
-	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
@@ -16,7 +15,6 @@ import (
 	"github.com/sigstore/cosign/v2/pkg/cosign"
 	"github.com/sigstore/sigstore-go/pkg/root"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
-	"github.com/sigstore/sigstore/pkg/signature"
 )
 
 // Policy is the compiled form of the configuration's rules: ordered, first match decides.
@@ -44,7 +42,9 @@ type authority struct {
 	name string
 	// kind says what was looked for, in denial messages: "key", "keyless", "certificate".
 	kind string
-	opts cosign.CheckOpts
+	// opts verify the .sig and .att formats, bundle the sigstore bundles among the referrers.
+	opts   cosign.CheckOpts
+	bundle *bundleCheck
 }
 
 type attestation struct {
@@ -189,7 +189,7 @@ func compileAuthority(a AuthoritySpec, trustedRoot func() root.TrustedMaterial) 
 		return nil, nil, errors.New("set exactly one of key, keyless and certificate")
 	}
 	auth := &authority{name: a.Name, opts: cosign.CheckOpts{IgnoreTlog: a.IgnoreTransparencyLog, Offline: true}}
-	var material []byte
+	var material, caRoots, caIntermediates []byte
 	needsRoot := !a.IgnoreTransparencyLog
 	switch {
 	case a.Key != nil:
@@ -202,7 +202,7 @@ func compileAuthority(a AuthoritySpec, trustedRoot func() root.TrustedMaterial) 
 		if err != nil {
 			return nil, nil, fmt.Errorf("key: not a PEM public key (ECDSA, RSA or Ed25519): %w", err)
 		}
-		v, err := signature.LoadVerifier(pub, crypto.SHA256)
+		v, err := newKeyVerifier(pub)
 		if err != nil {
 			return nil, nil, fmt.Errorf("key: %w", err)
 		}
@@ -226,6 +226,7 @@ func compileAuthority(a AuthoritySpec, trustedRoot func() root.TrustedMaterial) 
 			return nil, nil, fmt.Errorf("certificate.roots: %w", err)
 		}
 		auth.opts.RootCerts = roots
+		caRoots = rootPEM
 		material = append(material, rootPEM...)
 		if c.Intermediates != "" {
 			inter, interPEM, err := certPool(c.Intermediates)
@@ -233,6 +234,7 @@ func compileAuthority(a AuthoritySpec, trustedRoot func() root.TrustedMaterial) 
 				return nil, nil, fmt.Errorf("certificate.intermediates: %w", err)
 			}
 			auth.opts.IntermediateCerts = inter
+			caIntermediates = interPEM
 			material = append(material, interPEM...)
 		}
 		auth.opts.Identities = []cosign.Identity{identity(c.IdentitySpec)}
@@ -248,6 +250,18 @@ func compileAuthority(a AuthoritySpec, trustedRoot func() root.TrustedMaterial) 
 			return nil, nil, errors.New("transparency-log checks need verification.trustedRoot; or set ignoreTransparencyLog: true for a signer that does not log")
 		}
 		auth.opts.TrustedMaterial = tm
+	}
+	if err := auth.compileBundleCheck(caRoots, caIntermediates); err != nil {
+		return nil, nil, fmt.Errorf("sigstore bundle verification: %w", err)
+	}
+	if a.Certificate != nil && auth.opts.TrustedMaterial != nil {
+		// cosign checks a .sig certificate against TrustedMaterial's CAs whenever it is set,
+		// ignoring RootCerts: there, trust the private CA, and the trusted root for its logs only.
+		cas, err := privateCAs(caRoots, caIntermediates)
+		if err != nil {
+			return nil, nil, fmt.Errorf("certificate: %w", err)
+		}
+		auth.opts.TrustedMaterial = &privateCA{cas: cas, logs: logsOnly{auth.opts.TrustedMaterial}}
 	}
 	return auth, material, nil
 }

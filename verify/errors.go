@@ -13,12 +13,20 @@ import (
 // (unreachable, 5xx, 429 after retries) from a definite answer (unauthorized, not found), so
 // that callers can say which it was; either way the pull cannot be checked and is denied.
 type RegistryError struct {
+	// Op is what failed: "resolve" when empty, "verify" while fetching signatures.
+	Op          string
 	Image       Image
 	Unavailable bool
 	Err         error
 }
 
-func (e *RegistryError) Error() string { return "resolve " + e.Image.String() + ": " + e.Err.Error() }
+func (e *RegistryError) Error() string {
+	op := e.Op
+	if op == "" {
+		op = "resolve"
+	}
+	return op + " " + e.Image.String() + ": " + e.Err.Error()
+}
 func (e *RegistryError) Unwrap() error { return e.Err }
 
 func registryError(img Image, err error) error {

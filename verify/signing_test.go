@@ -7,7 +7,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/pem"
+	"io"
+	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -24,10 +29,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
+	"github.com/sigstore/cosign/v2/pkg/cosign"
 	"github.com/sigstore/cosign/v2/pkg/oci/mutate"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
-	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	sigpayload "github.com/sigstore/sigstore/pkg/signature/payload"
 
@@ -38,7 +43,13 @@ import (
 // testRegistry is go-containerregistry's registry on loopback, plain HTTP.
 func testRegistry(t *testing.T) string {
 	t.Helper()
-	srv := httptest.NewServer(registry.New())
+	return testRegistryWith(t, func(h http.Handler) http.Handler { return h })
+}
+
+// testRegistryWith is testRegistry with its handler wrapped, to count or fail requests.
+func testRegistryWith(t *testing.T, wrap func(http.Handler) http.Handler) string {
+	t.Helper()
+	srv := httptest.NewServer(wrap(registry.New(registry.Logger(log.New(io.Discard, "", 0)))))
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")
 }
@@ -63,46 +74,87 @@ func pushImage(t *testing.T, ref string) name.Digest {
 	return tag.Context().Digest(d.String())
 }
 
-// testKey is an ECDSA P-256 key pair and its public key as a PEM file.
+// testKey is a key pair and its public key as a PEM file.
 type testKey struct {
 	signer  signature.SignerVerifier
+	pem     []byte
 	pemFile string
 }
 
+// newTestKey is an ECDSA P-256 key, what `cosign generate-key-pair` makes.
 func newTestKey(t *testing.T) testKey {
 	t.Helper()
 	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sv, err := signature.LoadECDSASignerVerifier(priv, crypto.SHA256)
+	return loadTestKey(t, priv)
+}
+
+// loadTestKey loads priv the way `cosign import-key-pair` and `cosign sign --key` do, so
+// that signatures use cosign's default algorithm for the key type (SHA-384 for P-384,
+// Ed25519ph for Ed25519).
+func loadTestKey(t *testing.T, priv crypto.Signer) testKey {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pem, err := cryptoutils.MarshalPublicKeyToPEM(priv.Public())
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "import.key")
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pass := func(bool) ([]byte, error) { return []byte("test"), nil }
+	kb, err := cosign.ImportKeyPair(keyFile, pass)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := filepath.Join(t.TempDir(), "key.pub")
-	if err := os.WriteFile(f, pem, 0o600); err != nil {
+	sv, err := cosign.LoadPrivateKey(kb.PrivateBytes, []byte("test"), nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return testKey{signer: sv, pemFile: f}
+	f := filepath.Join(dir, "key.pub")
+	if err := os.WriteFile(f, kb.PublicBytes, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return testKey{signer: sv, pem: kb.PublicBytes, pemFile: f}
 }
 
 // sign attaches a cosign simple-signing signature for target to the image at d, as
 // `cosign sign --key` does (without a transparency-log upload).
-func (k testKey) sign(t *testing.T, d name.Digest, target name.Digest) {
+func (k testKey) sign(t *testing.T, d name.Digest, target name.Digest, opts ...static.Option) {
+	t.Helper()
+	k.signPayload(t, d, cosignPayload(t, target), opts...)
+}
+
+// signPayload signs payload with k and attaches it to the image at d under cosign's .sig tag.
+func (k testKey) signPayload(t *testing.T, d name.Digest, payload []byte, opts ...static.Option) {
+	t.Helper()
+	attachSignature(t, d, payload, signRaw(t, k.signer, payload), opts...)
+}
+
+func signRaw(t *testing.T, s signature.Signer, payload []byte) []byte {
+	t.Helper()
+	raw, err := s.SignMessage(bytes.NewReader(payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+func cosignPayload(t *testing.T, target name.Digest) []byte {
 	t.Helper()
 	pl, err := sigpayload.Cosign{Image: target}.MarshalJSON()
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, err := k.signer.SignMessage(bytes.NewReader(pl))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig, err := static.NewSignature(pl, base64.StdEncoding.EncodeToString(raw))
+	return pl
+}
+
+func attachSignature(t *testing.T, d name.Digest, payload, raw []byte, opts ...static.Option) {
+	t.Helper()
+	sig, err := static.NewSignature(payload, base64.StdEncoding.EncodeToString(raw), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +168,29 @@ func (k testKey) sign(t *testing.T, d name.Digest, target name.Digest) {
 	}
 	if err := ociremote.WriteSignatures(d.Repository, se); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// verifyOne checks d under v with no namespace and fails the test on an error.
+func verifyOne(t *testing.T, v *Verifier, d name.Digest) Decision {
+	t.Helper()
+	dec, err := v.Verify(context.Background(), pullRequest(t, d, ""))
+	if err != nil {
+		t.Fatalf("Verify(%s): %v", d, err)
+	}
+	return dec
+}
+
+// wantDecision fails unless dec has the verdict and its reason contains every part of want.
+func wantDecision(t *testing.T, dec Decision, allowed bool, want ...string) {
+	t.Helper()
+	if dec.Allowed != allowed {
+		t.Fatalf("decision %+v: allowed=%v, want %v", dec, dec.Allowed, allowed)
+	}
+	for _, w := range want {
+		if !strings.Contains(dec.Reason, w) {
+			t.Fatalf("decision %+v: reason does not contain %q", dec, w)
+		}
 	}
 }
 
@@ -300,5 +375,17 @@ func TestVerifySignedLevel(t *testing.T) {
 				t.Fatalf("Verify = %+v, want allowed=%v", d, tc.allowed)
 			}
 		})
+	}
+}
+
+// copyManifest copies the image at src to dst, as `crane copy` does.
+func copyManifest(t *testing.T, src, dst name.Reference) {
+	t.Helper()
+	img, err := remote.Image(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(dst, img); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"runtime"
 	"strings"
 	"sync"
@@ -16,7 +15,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/sigstore/cosign/v2/pkg/cosign"
 	"github.com/sigstore/cosign/v2/pkg/oci"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
@@ -169,9 +167,28 @@ func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request) 
 	} else if err != nil {
 		return d, fetchError(req.Image, "signatures", err)
 	}
+	// Sigstore bundles (cosign v3's format) are fetched only when the .sig tag does not settle
+	// an authority or an attestation.
+	refs := &referrers{ref: ref, max: s.MaxSignatures, opts: opts}
+	bundles := func() ([]sigstoreBundle, error) {
+		bs, err := refs.get()
+		if err != nil && !errors.As(err, &be) {
+			err = fetchError(req.Image, "sigstore bundles", err)
+		}
+		return bs, err
+	}
 	var reasons []string
 	for _, a := range r.authorities {
 		res := verifySignatures(ctx, a, sigs, h, r, req.Image)
+		if !res.Verified {
+			bs, err := bundles()
+			if errors.As(err, &be) {
+				return deny(be.msg)
+			} else if err != nil {
+				return d, err
+			}
+			res = verifyBundleSignatures(a, res, len(sigs), bs, h, r, req.Image)
+		}
 		d.Authorities = append(d.Authorities, res)
 		if res.Verified {
 			reasons = nil
@@ -192,9 +209,19 @@ func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request) 
 			} else if err != nil {
 				return d, fetchError(req.Image, "platform signatures", err)
 			}
+			prefs := &referrers{ref: repo.Digest(pd.Digest.String()), max: s.MaxSignatures, opts: opts}
 			d.Authorities = d.Authorities[:0]
 			for _, a := range r.authorities {
 				res := verifySignatures(ctx, a, psigs, pd.Digest, r, req.Image)
+				if !res.Verified {
+					bs, err := prefs.get()
+					if errors.As(err, &be) {
+						return deny(be.msg)
+					} else if err != nil {
+						return d, fetchError(req.Image, "platform sigstore bundles", err)
+					}
+					res = verifyBundleSignatures(a, res, len(psigs), bs, pd.Digest, r, req.Image)
+				}
 				d.Authorities = append(d.Authorities, res)
 				if res.Verified {
 					reasons = nil
@@ -212,9 +239,21 @@ func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request) 
 			return d, fetchError(req.Image, "attestations", err)
 		}
 		for _, spec := range r.attestations {
-			if reason := checkAttestation(ctx, r, spec, atts, h); reason != "" {
-				reasons = append(reasons, "attestation "+spec.name+": "+reason)
+			ok, found := checkAttestation(ctx, r, spec, atts, h)
+			if ok {
+				continue
 			}
+			bs, err := bundles()
+			if errors.As(err, &be) {
+				return deny(be.msg)
+			} else if err != nil {
+				return d, err
+			}
+			ok, bfound := bundleAttestations(ctx, r, spec, bs, h)
+			if ok {
+				continue
+			}
+			reasons = append(reasons, "attestation "+spec.name+": "+attestationReason(spec, h, len(atts), attestationBundles(bs), append(found, bfound...)))
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -259,7 +298,7 @@ func verifySignatures(ctx context.Context, a *authority, sigs []oci.Signature, h
 	var errs []string
 	for _, sig := range sigs {
 		if _, err := cosign.VerifyImageSignature(ctx, sig, h, &co); err != nil {
-			errs = append(errs, oneLine(err))
+			errs = append(errs, signatureError(sig, &co, err))
 			continue
 		}
 		res.Verified = true
@@ -267,6 +306,15 @@ func verifySignatures(ctx context.Context, a *authority, sigs []oci.Signature, h
 	}
 	res.Reason = fmt.Sprintf("none of %d signature(s) verified with this %s: %s", len(sigs), a.kind, strings.Join(dedupe(errs), "; "))
 	return res
+}
+
+// signatureError says why sig did not verify. cosign reports a missing transparency-log proof
+// as "offline verification failed"; name what is missing instead.
+func signatureError(sig oci.Signature, co *cosign.CheckOpts, err error) string {
+	if b, berr := sig.Bundle(); !co.IgnoreTlog && berr == nil && b == nil {
+		return "no transparency-log proof (Rekor bundle) on the signature; set ignoreTransparencyLog: true for a signer that does not log"
+	}
+	return oneLine(err)
 }
 
 // claimVerifier checks the signed payload: it names the digest being pulled, carries no
@@ -312,12 +360,10 @@ func claimVerifier(bindRepo bool, img Image) func(oci.Signature, v1.Hash, map[st
 	}
 }
 
-// checkAttestation returns "" when an attestation of spec's predicate type, signed by one of the
-// rule's authorities, satisfies its condition, and otherwise what was missing or wrong.
-func checkAttestation(ctx context.Context, r *rule, spec *attestation, atts []oci.Signature, h v1.Hash) string {
-	if len(atts) == 0 {
-		return fmt.Sprintf("no attestation found for %s (looked for predicate type %s)", h, spec.predicateType)
-	}
+// checkAttestation looks for an attestation of spec's predicate type under the .att tag, signed
+// by one of the rule's authorities, whose predicate satisfies spec. It returns true when one
+// does, and otherwise what was found.
+func checkAttestation(ctx context.Context, r *rule, spec *attestation, atts []oci.Signature, h v1.Hash) (bool, []string) {
 	var found []string
 	for _, a := range r.authorities {
 		co := a.opts
@@ -331,26 +377,43 @@ func checkAttestation(ctx context.Context, r *rule, spec *attestation, atts []oc
 				found = append(found, "unreadable statement: "+err.Error())
 				continue
 			}
-			if st.PredicateType != spec.predicateType {
-				found = append(found, "signed "+st.PredicateType)
-				continue
+			ok, f := evalStatement(ctx, spec, st)
+			if ok {
+				return true, nil
 			}
-			if spec.program == nil {
-				return ""
-			}
-			out, _, err := spec.program.ContextEval(ctx, map[string]any{"predicate": st.Predicate})
-			if err != nil {
-				found = append(found, fmt.Sprintf("condition could not be evaluated: %v", oneLine(err)))
-				continue
-			}
-			if ok, isBool := out.Value().(bool); isBool && ok {
-				return ""
-			}
-			found = append(found, "condition is false")
+			found = append(found, f)
 		}
 	}
+	return false, found
+}
+
+// evalStatement reports whether the verified statement st satisfies spec, and otherwise what it
+// holds instead.
+func evalStatement(ctx context.Context, spec *attestation, st inTotoStatement) (bool, string) {
+	if st.PredicateType != spec.predicateType {
+		return false, "signed " + st.PredicateType
+	}
+	if spec.program == nil {
+		return true, ""
+	}
+	out, _, err := spec.program.ContextEval(ctx, map[string]any{"predicate": st.Predicate})
+	if err != nil {
+		return false, fmt.Sprintf("condition could not be evaluated: %v", oneLine(err))
+	}
+	if ok, isBool := out.Value().(bool); isBool && ok {
+		return true, ""
+	}
+	return false, "condition is false"
+}
+
+// attestationReason says what was looked for and found when no attestation satisfied spec:
+// atts under the .att tag and bundles among the referrers.
+func attestationReason(spec *attestation, h v1.Hash, atts, bundles int, found []string) string {
+	if atts+bundles == 0 {
+		return fmt.Sprintf("no attestation found for %s: no .att tag and no attestation bundle among its referrers (looked for predicate type %s)", h, spec.predicateType)
+	}
 	if len(found) == 0 {
-		return fmt.Sprintf("none of %d attestation(s) is signed by the rule's authorities", len(atts))
+		return fmt.Sprintf("none of %d attestation(s) is signed by the rule's authorities for this digest (%d under the .att tag, %d sigstore bundle(s))", atts+bundles, atts, bundles)
 	}
 	return fmt.Sprintf("want predicate type %s with its condition true, found: %s", spec.predicateType, strings.Join(dedupe(found), ", "))
 }
@@ -381,11 +444,7 @@ func statement(att oci.Signature) (inTotoStatement, error) {
 
 // fetchError wraps registry trouble while fetching: the pull could not be checked.
 func fetchError(img Image, what string, err error) error {
-	var te *transport.Error
-	if errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden) {
-		return &RegistryError{Image: img, Err: fmt.Errorf("fetch %s: %w", what, err)}
-	}
-	return registryError(img, fmt.Errorf("fetch %s: %w", what, err))
+	return &RegistryError{Op: "verify", Image: img, Unavailable: unavailable(err), Err: fmt.Errorf("fetch %s: %w", what, err)}
 }
 
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }

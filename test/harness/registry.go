@@ -38,6 +38,7 @@ type Registry struct {
 	mu       sync.Mutex
 	tokens   map[string]bool
 	requests Requests
+	onServe  func(*http.Request)
 }
 
 // Requests counts what the registry was asked. Requests made by the harness's own push helpers
@@ -48,6 +49,8 @@ type Requests struct {
 	ManifestHEAD map[string]int
 	ManifestGET  map[string]int
 	BlobGET      int // authorized blob GETs, any repository
+	// BlobGETs counts authorized blob GETs by "repo@sha256:...".
+	BlobGETs     map[string]int
 	Unauthorized int // requests answered 401, on /v2/ or /token
 	Tokens       int // tokens issued by /token (token mode)
 }
@@ -108,14 +111,24 @@ func (r *Registry) Requests() Requests {
 	s := r.requests
 	s.ManifestHEAD = maps.Clone(s.ManifestHEAD)
 	s.ManifestGET = maps.Clone(s.ManifestGET)
+	s.BlobGETs = maps.Clone(s.BlobGETs)
 	return s
+}
+
+// OnServe makes the registry call f before serving each authorized request that it counts
+// (not the push helpers' own, so f may use them), for example to move a tag at a chosen moment.
+// nil removes it.
+func (r *Registry) OnServe(f func(*http.Request)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onServe = f
 }
 
 // Reset sets all counters to zero.
 func (r *Registry) Reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.requests = Requests{ManifestHEAD: map[string]int{}, ManifestGET: map[string]int{}}
+	r.requests = Requests{ManifestHEAD: map[string]int{}, ManifestGET: map[string]int{}, BlobGETs: map[string]int{}}
 }
 
 func (r *Registry) authenticate(next http.Handler) http.Handler {
@@ -130,6 +143,12 @@ func (r *Registry) authenticate(next http.Handler) http.Handler {
 		}
 		if !setup {
 			r.countServed(req)
+			r.mu.Lock()
+			onServe := r.onServe
+			r.mu.Unlock()
+			if onServe != nil {
+				onServe(req)
+			}
 		}
 		next.ServeHTTP(w, req)
 	})
@@ -224,6 +243,7 @@ func (r *Registry) countServed(req *http.Request) {
 			c.ManifestGET[key]++
 		case kind == "blobs" && req.Method == http.MethodGet:
 			c.BlobGET++
+			c.BlobGETs[key]++
 		}
 	})
 }
