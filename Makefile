@@ -1,12 +1,14 @@
 # pullgate: see README.md. Everything here runs as root on a Debian machine.
 
 CONTAINERD2_VERSION ?= v2.4.2
+COSIGN_VERSION ?= v2.6.5
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO ?= go
 BIN := $(CURDIR)/bin
 
 PULLGATE := $(BIN)/pullgate
 CONTAINERD2 := $(BIN)/containerd-$(CONTAINERD2_VERSION)/containerd
+COSIGN := $(BIN)/cosign-$(COSIGN_VERSION)/cosign
 export PULLGATE_BIN := $(PULLGATE)
 export PULLGATE_CONTAINERD2 := $(CONTAINERD2)
 
@@ -24,6 +26,10 @@ $(PULLGATE):
 # containerd 2.x from its Go module, built once per version.
 $(CONTAINERD2):
 	GOBIN=$(dir $@) $(GO) install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD2_VERSION)
+
+# The cosign CLI, for `make bench` to compare against.
+$(COSIGN):
+	GOBIN=$(dir $@) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@$(COSIGN_VERSION)
 
 # The real parts the tests start, from Debian's packages: containerd 1.6, and systemd's tools
 # (systemd-analyze, systemd-socket-activate) for the unit tests.
@@ -46,8 +52,8 @@ test: check unit e2e
 demo: deps $(PULLGATE)
 	$(GO) run ./test/demo
 
-bench: deps $(PULLGATE) $(CONTAINERD2)
-	$(GO) run ./test/bench
+bench: deps $(PULLGATE) $(CONTAINERD2) $(COSIGN)
+	COSIGN=$(COSIGN) $(GO) run ./test/bench
 
 clean:
 	rm -rf $(BIN)

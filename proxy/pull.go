@@ -40,7 +40,7 @@ func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest)
 		attrs = append(attrs, "rule", d.rule)
 	}
 	if d.verify > 0 {
-		attrs = append(attrs, "verifyDuration", d.verify, "cached", d.cached)
+		attrs = append(attrs, "verifyDuration", d.verify, "cached", d.cached, "shared", d.shared)
 	}
 	switch {
 	case err == nil && d.verdict == verdictWarned:
@@ -56,7 +56,7 @@ func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest)
 		p.metrics.decisions.WithLabelValues(d.verdict, d.rule).Inc()
 		if d.cached {
 			p.metrics.cacheHits.Inc()
-		} else if d.verify > 0 && d.mode != "" && d.mode != verify.Skip {
+		} else if d.verify > 0 && !d.shared && d.mode != "" && d.mode != verify.Skip {
 			p.metrics.verification.Observe(d.verify.Seconds())
 		}
 	}
@@ -79,6 +79,7 @@ type outcome struct {
 	reason  string
 	mode    verify.Mode
 	cached  bool
+	shared  bool
 	// resolve, verify and runtime are the time spent asking the registry, checking the policy
 	// and asking the runtime, so that pullgate's own share of a pull can be told apart.
 	resolve, verify, runtime time.Duration
@@ -120,7 +121,7 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 		Credential: cred,
 	})
 	out.verify = time.Since(verifyStart)
-	out.rule, out.mode, out.cached = decision.Rule, decision.Mode, decision.Cached
+	out.rule, out.mode, out.cached, out.shared = decision.Rule, decision.Mode, decision.Cached, decision.Shared
 	if err != nil {
 		return nil, out, pullError(err)
 	}

@@ -37,8 +37,9 @@ type Decision struct {
 	Reason string
 	// Authorities holds each authority's result, in the rule's order.
 	Authorities []AuthorityResult
-	// Cached is set when the decision came from the verification cache.
-	Cached bool
+	// Cached is set when the decision came from the verification cache, Shared when it came
+	// from a verification another pull of the same digest was running.
+	Cached, Shared bool
 }
 
 // AuthorityResult is one authority's verdict on an image's signatures.

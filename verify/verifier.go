@@ -79,7 +79,7 @@ func (v *Verifier) Verify(ctx context.Context, req Request) (Decision, error) {
 	if d, ok := v.cached(key); ok {
 		return d, nil
 	}
-	d, _, err := v.flight.Do(ctx, key, func(ctx context.Context) (Decision, error) {
+	d, shared, err := v.flight.Do(ctx, key, func(ctx context.Context) (Decision, error) {
 		ctx, cancel := context.WithTimeout(ctx, p.settings.Timeout)
 		defer cancel()
 		d, err := v.check(ctx, p.settings, r, req)
@@ -93,8 +93,9 @@ func (v *Verifier) Verify(ctx context.Context, req Request) (Decision, error) {
 		return d, err
 	})
 	if err != nil && r.mode == Warn {
-		return Decision{Allowed: true, Rule: r.name, Mode: Warn, Reason: "could not verify: " + err.Error()}, nil
+		return Decision{Allowed: true, Rule: r.name, Mode: Warn, Reason: "could not verify: " + err.Error(), Shared: shared}, nil
 	}
+	d.Shared = shared
 	return d, err
 }
 

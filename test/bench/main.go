@@ -32,6 +32,8 @@ func main() {
 	statusN := flag.Int("status", 2000, "ImageStatus calls per side")
 	listN := flag.Int("list", 200, "ListImages calls per side")
 	pullN := flag.Int("pull", 300, "warm PullImage calls per side")
+	verifyN := flag.Int("verify", 300, "cold and cached verifications")
+	cliN := flag.Int("cli", 20, "cosign CLI runs")
 	bin := flag.String("containerd", envOr("PULLGATE_CONTAINERD2", "/usr/bin/containerd"), "containerd binary")
 	flag.Parse()
 	quietKlog()
@@ -52,9 +54,31 @@ func main() {
 	if err := os.WriteFile(creds, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	gate := harness.StartPullgate(t, harness.PullgateBinary(t), fmt.Sprintf(
-		"apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\nruntimeEndpoint: %s\nregistryConfigPath: %s\nstateDir: %s\nmetricsAddress: 127.0.0.1:0\nauth:\n  files: [%s]\ndefaultAction: allow\n",
-		ctrd.Endpoint, ctrd.CertsDir, dir, creds))
+	key, bundleKey := harness.NewKey(t), harness.NewBundleKey(t)
+	keyFile, bundleKeyFile := filepath.Join(dir, "key.pub"), filepath.Join(dir, "bundle.pub")
+	for f, pem := range map[string][]byte{keyFile: key.PublicPEM, bundleKeyFile: bundleKey.PublicPEM} {
+		if err := os.WriteFile(f, pem, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	policies := fmt.Sprintf(`policies:
+- name: sig
+  images: ["%[1]s/signed/**"]
+  mode: enforce
+  authorities: [{name: release, key: {file: %[2]s}, ignoreTransparencyLog: true}]
+- name: bundle
+  images: ["%[1]s/bundled/**"]
+  mode: enforce
+  authorities: [{name: release, key: {file: %[3]s}, ignoreTransparencyLog: true}]
+`, reg.Host, keyFile, bundleKeyFile)
+	config := fmt.Sprintf(
+		"apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\nruntimeEndpoint: %s\nregistryConfigPath: %s\nstateDir: %s\nmetricsAddress: 127.0.0.1:0\nauth:\n  files: [%s]\ndefaultAction: allow\n%s",
+		ctrd.Endpoint, ctrd.CertsDir, dir, creds, policies)
+	configFile := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gate := harness.StartPullgate(t, harness.PullgateBinary(t), config)
 
 	direct := client(t, ctrd.Endpoint)
 	proxied := client(t, gate.Endpoint)
@@ -110,6 +134,9 @@ func main() {
 	fmt.Printf("| (the same HEAD from a bare client) | %s | %s |\n", ms(head.p(50)), ms(head.p(99)))
 	fmt.Printf("| containerd PullImage by digest | %s | %s |\n", ms(runtime.p(50)), ms(runtime.p(99)))
 	fmt.Printf("| pullgate's own work (parse, credentials, policy, tag record, log) | %s | %s |\n", ms(own.p(50)), ms(own.p(99)))
+
+	benchVerification(t, reg, configFile, key, bundleKey, keyFile, creds, *verifyN, *cliN)
+	benchConcurrentPulls(t, ctx, reg, gate, proxied, auth, key)
 }
 
 type row struct {
@@ -139,6 +166,8 @@ func run(t *harness.Program, n int, f func() error) samples {
 	slices.Sort(s)
 	return s
 }
+
+func us(d time.Duration) string { return fmt.Sprintf("%.1f us", float64(d.Nanoseconds())/1000) }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
 

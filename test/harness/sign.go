@@ -17,10 +17,12 @@ import (
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
 	"github.com/sigstore/cosign/v2/pkg/types"
+	"github.com/sigstore/sigstore-go/pkg/sign"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 	"github.com/sigstore/sigstore/pkg/signature/dsse"
 	sigpayload "github.com/sigstore/sigstore/pkg/signature/payload"
+	"google.golang.org/protobuf/encoding/protojson"
 )
 
 // Key is an ECDSA P-256 key pair made for one test, like `cosign generate-key-pair` makes.
@@ -126,4 +128,53 @@ func (r *Registry) digest(t T, repo string, digest v1.Hash) name.Digest {
 		t.Fatal(err)
 	}
 	return d
+}
+
+// BundleKey is a key pair for sigstore bundles, made with sigstore-go.
+type BundleKey struct {
+	keypair *sign.EphemeralKeypair
+	// PublicPEM is the public key as a policy's key authority takes it.
+	PublicPEM []byte
+}
+
+// NewBundleKey generates an ECDSA P-256 key pair.
+func NewBundleKey(t T) *BundleKey {
+	t.Helper()
+	kp, err := sign.NewEphemeralKeypair(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pem, err := kp.GetPublicKeyPem()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &BundleKey{keypair: kp, PublicPEM: []byte(pem)}
+}
+
+// SignBundle attaches a sigstore bundle signature by key to repo@digest as cosign v3 does: a
+// DSSE in-toto statement about the digest, attached through the OCI referrers API.
+func (r *Registry) SignBundle(t T, key *BundleKey, repo string, digest v1.Hash) {
+	t.Helper()
+	const predicateType = "https://sigstore.dev/cosign/sign/v1"
+	d := r.digest(t, repo, digest)
+	statement, err := json.Marshal(map[string]any{
+		"_type":         "https://in-toto.io/Statement/v1",
+		"subject":       []map[string]any{{"digest": map[string]string{digest.Algorithm: digest.Hex}}},
+		"predicateType": predicateType,
+		"predicate":     map[string]any{},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := sign.Bundle(&sign.DSSEData{Data: statement, PayloadType: "application/vnd.in-toto+json"}, key.keypair, sign.BundleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundleJSON, err := protojson.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ociremote.WriteAttestationNewBundleFormat(d, bundleJSON, predicateType, ociremote.WithRemoteOptions(r.remoteOptions()...)); err != nil {
+		t.Fatalf("attach bundle to %s: %v", d, err)
+	}
 }
