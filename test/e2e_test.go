@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -53,10 +52,7 @@ func newEnv(t *testing.T, bin string) *env {
 		e.ctrd.HostsTOML(r.Host, r.URL, "")
 	}
 	dir := t.TempDir()
-	dockerConfig := filepath.Join(dir, "config.json")
-	writeJSON(t, dockerConfig, map[string]any{"auths": map[string]any{
-		e.node.Host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte("node:node-secret-Zq1"))},
-	}})
+	dockerConfig := e.node.DockerConfig(t, dir)
 	e.config = func(defaultAction string) string {
 		return fmt.Sprintf(`apiVersion: pullgate.io/v1alpha1
 kind: PullgateConfig

@@ -1,7 +1,6 @@
 package test
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -63,10 +62,7 @@ func newPolicyEnv(t *testing.T, ctrd *harness.Containerd) *policyEnv {
 		other:   harness.NewKey(t),
 	}
 	ctrd.HostsTOML(p.reg.Host, p.reg.URL, "")
-	p.auth = filepath.Join(p.dir, "config.json")
-	writeJSON(t, p.auth, map[string]any{"auths": map[string]any{
-		p.reg.Host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte("node:node-secret-Pq4"))},
-	}})
+	p.auth = p.reg.DockerConfig(t, p.dir)
 	p.keyFile = filepath.Join(p.dir, "release.pub")
 	if err := os.WriteFile(p.keyFile, p.release.PublicPEM, 0o600); err != nil {
 		t.Fatal(err)
@@ -481,10 +477,7 @@ func TestPolicyVerifyCommand(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(certs, "hosts.toml"), []byte(hostsTOML), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	authFile := filepath.Join(dir, "config.json")
-	writeJSON(t, authFile, map[string]any{"auths": map[string]any{
-		reg.Host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte("ci:ci-secret-Hn2"))},
-	}})
+	authFile := reg.DockerConfig(t, dir)
 	key := harness.NewKey(t)
 	keyFile := filepath.Join(dir, "release.pub")
 	if err := os.WriteFile(keyFile, key.PublicPEM, 0o600); err != nil {

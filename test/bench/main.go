@@ -4,8 +4,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -49,11 +47,7 @@ func main() {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	creds := filepath.Join(dir, "config.json")
-	b, _ := json.Marshal(map[string]any{"auths": map[string]any{reg.Host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte("bench:bench-secret"))}}})
-	if err := os.WriteFile(creds, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	creds := reg.DockerConfig(t, dir)
 	key, bundleKey := harness.NewKey(t), harness.NewBundleKey(t)
 	keyFile, bundleKeyFile := filepath.Join(dir, "key.pub"), filepath.Join(dir, "bundle.pub")
 	for f, pem := range map[string][]byte{keyFile: key.PublicPEM, bundleKeyFile: bundleKey.PublicPEM} {

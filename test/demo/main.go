@@ -5,14 +5,11 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -53,11 +50,7 @@ func main() {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	creds := filepath.Join(dir, "config.json")
-	b, _ := json.Marshal(map[string]any{"auths": map[string]any{reg.Host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte("demo:s3cret-demo"))}}})
-	if err := os.WriteFile(creds, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	creds := reg.DockerConfig(t, dir)
 	config := func(action string) string {
 		return fmt.Sprintf("apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\nruntimeEndpoint: %s\nregistryConfigPath: %s\nstateDir: %s\nmetricsAddress: 127.0.0.1:0\nauth:\n  files: [%s]\ndefaultAction: %s\n",
 			ctrd.Endpoint, ctrd.CertsDir, dir, creds, action)
