@@ -516,6 +516,9 @@ policies:
 		{name: "signed", image: reg.Host + "/apps/signed:v1", wantCode: 0, want: []string{
 			"decision: allowed\n", "rule:     release-only", "digest:   " + signed.String(), "authority release: verified",
 		}},
+		{name: "signed, by digest, with the node's credentials", image: reg.Host + "/apps/signed@" + signed.String(), wantCode: 0, want: []string{
+			"decision: allowed\n", "authority release: verified",
+		}},
 		{name: "unsigned", image: reg.Host + "/apps/unsigned:v1", wantCode: 1, want: []string{
 			"decision: denied\n", "rule:     release-only", "digest:   " + unsigned.String(), "authority release: no cosign signature found for " + unsigned.String(),
 		}},

@@ -74,7 +74,9 @@ func verifyImage(args []string, stdout io.Writer) int {
 		dgst = img.Digest
 		cred auth.Credential
 	)
-	if dgst == "" {
+	if dgst != "" {
+		cred = creds[0] // the best match, as for a pull by digest
+	} else {
 		for _, cred = range creds {
 			var re *verify.RegistryError
 			if dgst, err = resolver.Resolve(ctx, img, cred); err == nil || !errors.As(err, &re) || re.Unavailable {
@@ -87,7 +89,7 @@ func verifyImage(args []string, stdout io.Writer) int {
 	}
 	d, err := verify.NewVerifier(policy, resolver).Verify(ctx, verify.Request{Image: img, Digest: dgst, Namespace: *namespace, Credential: cred})
 	if err != nil {
-		return fail(fmt.Errorf("%s@%s could not be checked: %w", img.Name(), dgst, err))
+		return fail(fmt.Errorf("could not be checked: %w", err))
 	}
 	verdict, code := "allowed", exitAllowed
 	switch {
@@ -108,7 +110,8 @@ func verifyImage(args []string, stdout io.Writer) int {
 			fmt.Fprintf(stdout, "  authority %s: %s\n", a.Name, a.Reason)
 		}
 	}
-	if d.Reason != "" {
+	// The authorities' findings are listed above; what else failed (attestations, bounds) is not.
+	if d.Reason != "" && (len(d.Authorities) == 0 || d.Authorities[len(d.Authorities)-1].Verified) {
 		fmt.Fprintf(stdout, "reason:   %s\n", d.Reason)
 	}
 	return code
