@@ -356,12 +356,19 @@ func (k keyVerifier) VerifySignature(sig, msg io.Reader, opts ...signature.Verif
 	if err != nil {
 		return err
 	}
-	m, err := io.ReadAll(msg)
-	if err != nil {
-		return err
+	// A nil message is allowed: the digest then comes in opts (signature.WithDigest).
+	var m []byte
+	if msg != nil {
+		if m, err = io.ReadAll(msg); err != nil {
+			return err
+		}
 	}
 	for _, v := range k {
-		if err = v.VerifySignature(bytes.NewReader(s), bytes.NewReader(m), opts...); err == nil {
+		var mr io.Reader
+		if msg != nil {
+			mr = bytes.NewReader(m)
+		}
+		if err = v.VerifySignature(bytes.NewReader(s), mr, opts...); err == nil {
 			return nil
 		}
 	}
