@@ -3,9 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
-	"net/http"
 
-	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -31,10 +29,4 @@ func pullError(err error) error {
 func isRegistryError(err error) bool {
 	var re *verify.RegistryError
 	return errors.As(err, &re)
-}
-
-// isUnauthorized tells a refused credential, after which the next one may be tried.
-func isUnauthorized(err error) bool {
-	var te *transport.Error
-	return errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden)
 }

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -80,6 +83,11 @@ var bidi = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 // methods added to the CRI later pass through too.
 func (p *Proxy) forward(_ any, in grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(in)
+	if !strings.HasPrefix(method, "/runtime.v1.RuntimeService/") && !strings.HasPrefix(method, "/runtime.v1.ImageService/") {
+		// The runtime's socket serves more than the CRI (containerd's images, content and
+		// transfer services, the old v1alpha2 CRI): through pullgate, those would bypass the gate.
+		return status.Errorf(codes.Unimplemented, "pullgate: %s is not a CRI v1 method; pullgate serves only runtime.v1.RuntimeService and runtime.v1.ImageService", method)
+	}
 	ctx := in.Context()
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		// gRPC itself drops the headers each hop sets for itself (content-type, user-agent, ...).

@@ -492,3 +492,24 @@ func TestMessageSize(t *testing.T) {
 		})
 	}
 }
+
+// Services on the runtime's socket other than CRI v1 (containerd's own images or transfer
+// services, the old v1alpha2 CRI) would bypass the gate: they are refused, never forwarded.
+func TestPassthroughRefusesOtherServices(t *testing.T) {
+	t.Parallel()
+	rt := &fakeRuntime{}
+	e := start(t, setup{runtime: rt})
+	for _, method := range []string{
+		"/containerd.services.images.v1.Images/Update",
+		"/runtime.v1alpha2.ImageService/PullImage",
+		"/runtime.v1.ImageServiceX/SomeFutureMethod",
+	} {
+		err := e.conn.Invoke(t.Context(), method, wrapperspb.String("x"), new(wrapperspb.StringValue))
+		if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "not a CRI v1 method") {
+			t.Errorf("%s: got %v, want Unimplemented from pullgate", method, err)
+		}
+	}
+	if calls := rt.callsTo("SomeFutureMethod"); len(calls) != 0 {
+		t.Errorf("runtime got %v", calls)
+	}
+}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"log/slog"
 
-	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -18,9 +17,7 @@ import (
 const MaxMessageSize = 16 << 20
 
 // Resolver turns a tag into the digest it points to.
-type Resolver interface {
-	Resolve(ctx context.Context, img verify.Image, cred auth.Credential) (digest.Digest, error)
-}
+type Resolver = verify.TagResolver
 
 // Keyring finds node credentials for an image ("registry/repository").
 type Keyring interface {
@@ -28,9 +25,7 @@ type Keyring interface {
 }
 
 // Verifier decides whether a digest may be pulled.
-type Verifier interface {
-	Verify(ctx context.Context, req verify.Request) (verify.Decision, error)
-}
+type Verifier = verify.Decider
 
 // Tagger records name -> the image the runtime stored for pinned, in the runtime's image store.
 type Tagger interface {

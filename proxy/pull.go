@@ -96,31 +96,9 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 		return nil, out, status.Error(codes.InvalidArgument, "pullgate: "+err.Error())
 	}
 
-	var cred auth.Credential
-	resolveStart := time.Now()
-	if img.Digest != "" {
-		// The caller named the digest: that is what is verified and pulled.
-		out.digest, cred = img.Digest, creds[0]
-	} else {
-		for _, cred = range creds {
-			if out.digest, err = p.resolver.Resolve(ctx, img, cred); err == nil || !isUnauthorized(err) {
-				break
-			}
-		}
-	}
-	out.resolve = time.Since(resolveStart)
-	if err != nil {
-		return nil, out, pullError(err)
-	}
-
-	verifyStart := time.Now()
-	decision, err := p.verifier().Verify(ctx, verify.Request{
-		Image:      img,
-		Digest:     out.digest,
-		Namespace:  req.GetSandboxConfig().GetMetadata().GetNamespace(),
-		Credential: cred,
-	})
-	out.verify = time.Since(verifyStart)
+	checked, err := verify.Check(ctx, p.resolver, p.verifier(), img, req.GetSandboxConfig().GetMetadata().GetNamespace(), creds)
+	decision, cred := checked.Decision, checked.Credential
+	out.digest, out.resolve, out.verify = checked.Digest, checked.Resolve, checked.Verify
 	out.rule, out.mode, out.cached, out.shared = decision.Rule, decision.Mode, decision.Cached, decision.Shared
 	if err != nil {
 		return nil, out, pullError(err)
@@ -135,6 +113,11 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 	fwd.Image.Image = pinned.String()
 	if req.GetAuth() == nil && !cred.IsZero() {
 		fwd.Auth = &runtimeapi.AuthConfig{Username: cred.Username, Password: cred.Password, IdentityToken: cred.IdentityToken, RegistryToken: cred.RegistryToken}
+	}
+	if fwd.Auth != nil && fwd.Auth.ServerAddress == "" {
+		// containerd sends credentials without a server address to every endpoint of the
+		// registry, mirrors included; with one, only to the registry itself.
+		fwd.Auth.ServerAddress = "https://" + registryServer(img.Registry)
 	}
 	runtimeStart := time.Now()
 	resp, err := p.images.PullImage(ctx, fwd)
@@ -181,4 +164,12 @@ func (p *Proxy) credentials(img verify.Image, a *runtimeapi.AuthConfig) ([]auth.
 		p.logger.Warn("node credential files have problems", "image", img.Name(), "error", err)
 	}
 	return append(creds, auth.Credential{}), nil
+}
+
+// registryServer is the host containerd talks to for a registry's own endpoint.
+func registryServer(registry string) string {
+	if registry == "docker.io" {
+		return "registry-1.docker.io"
+	}
+	return registry
 }

@@ -325,7 +325,15 @@ func TestPullImage(t *testing.T) {
 			} else {
 				want := proto.CloneOf(req)
 				want.Image.Image = tc.wantForward
-				want.Auth = tc.wantForwardAuth
+				want.Auth = proto.CloneOf(tc.wantForwardAuth)
+				if want.Auth != nil && want.Auth.ServerAddress == "" {
+					// Forwarded credentials are bound to the registry's own endpoint.
+					host, _, _ := strings.Cut(tc.wantForward, "/")
+					if host == "docker.io" {
+						host = "registry-1.docker.io"
+					}
+					want.Auth.ServerAddress = "https://" + host
+				}
 				switch {
 				case len(pulls) != 1:
 					t.Errorf("runtime got %d pulls, want 1", len(pulls))
@@ -413,7 +421,7 @@ func TestPullImageKubeletClient(t *testing.T) {
 			}
 			want := &runtimeapi.PullImageRequest{
 				Image:         &runtimeapi.ImageSpec{Image: "registry.example.com/team/app@" + tagDigest.String()},
-				Auth:          a,
+				Auth:          &runtimeapi.AuthConfig{Username: "u", Password: "p", ServerAddress: "https://registry.example.com"},
 				SandboxConfig: sandbox,
 			}
 			got := rt.callsTo("PullImage")

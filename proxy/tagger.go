@@ -25,7 +25,7 @@ var _ Tagger = (*ImageStore)(nil)
 
 // NewImageStore uses containerd's images service over conn.
 func NewImageStore(conn *grpc.ClientConn, namespace string) (*ImageStore, error) {
-	c, err := containerd.NewWithConn(conn, containerd.WithDefaultNamespace(namespace))
+	c, err := containerd.NewWithConn(conn)
 	if err != nil {
 		return nil, fmt.Errorf("containerd client: %w", err)
 	}

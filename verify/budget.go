@@ -8,11 +8,12 @@ import (
 	"sync/atomic"
 )
 
-// boundError is a verification that would fetch more than the configured bounds allow. It
-// denies the pull: an image should not need that much to prove itself.
-type boundError struct{ msg string }
+// denial is something about the image itself that denies the pull rather than leaving it
+// unchecked: more to fetch than the bounds allow (an image should not need that much to prove
+// itself), or an index whose manifest for this node cannot be told.
+type denial struct{ msg string }
 
-func (e *boundError) Error() string { return e.msg }
+func (e *denial) Error() string { return e.msg }
 
 type budgetKey struct{}
 
@@ -51,7 +52,7 @@ func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 func (b *budget) exceeded() error {
-	return &boundError{fmt.Sprintf("signatures and attestations take more than the %d bytes allowed per image (verification.maxBytes)", b.limit)}
+	return &denial{fmt.Sprintf("signatures and attestations take more than the %d bytes allowed per image (verification.maxBytes)", b.limit)}
 }
 
 type budgetBody struct {

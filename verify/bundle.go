@@ -102,20 +102,29 @@ func fetchBundles(ref name.Digest, max int, opts []ociremote.Option) ([]sigstore
 		}
 	}
 	if max > 0 && len(descs) > max {
-		return nil, &boundError{fmt.Sprintf("%d sigstore bundles refer to the image, more than the %d allowed", len(descs), max)}
+		return nil, &denial{fmt.Sprintf("%d sigstore bundles refer to the image, more than the %d allowed", len(descs), max)}
 	}
-	var out []sigstoreBundle
+	var (
+		out  []sigstoreBundle
+		errs []error
+	)
 	for _, d := range descs {
 		b, err := fetchBundle(ref.Context().Digest(d.Digest.String()), opts)
-		var be *boundError
-		if errors.As(err, &be) {
+		var de *denial
+		if errors.As(err, &de) {
 			return nil, err
 		} else if err != nil {
-			return nil, fmt.Errorf("fetch sigstore bundle %s: %w", d.Digest, err)
+			// Anyone who may push to the repository may push a broken referrer: it must not
+			// hide the others.
+			errs = append(errs, fmt.Errorf("fetch sigstore bundle %s: %w", d.Digest, err))
+			continue
 		}
 		if b != nil {
 			out = append(out, *b)
 		}
+	}
+	if len(out) == 0 && len(errs) > 0 {
+		return nil, errors.Join(errs...)
 	}
 	return out, nil
 }
@@ -136,7 +145,7 @@ func fetchBundle(ref name.Digest, opts []ociremote.Option) (*sigstoreBundle, err
 		return nil, nil
 	}
 	if m.Layers[0].Size > maxBundleSize {
-		return nil, &boundError{fmt.Sprintf("sigstore bundle %s takes %d bytes, more than the %d allowed", ref.DigestStr(), m.Layers[0].Size, maxBundleSize)}
+		return nil, &denial{fmt.Sprintf("sigstore bundle %s takes %d bytes, more than the %d allowed", ref.DigestStr(), m.Layers[0].Size, maxBundleSize)}
 	}
 	layer, err := img.LayerByDigest(m.Layers[0].Digest)
 	if err != nil {
@@ -152,7 +161,7 @@ func fetchBundle(ref name.Digest, opts []ociremote.Option) (*sigstoreBundle, err
 		return nil, err
 	}
 	if len(raw) > maxBundleSize {
-		return nil, &boundError{fmt.Sprintf("sigstore bundle %s takes more than the %d bytes allowed", ref.DigestStr(), maxBundleSize)}
+		return nil, &denial{fmt.Sprintf("sigstore bundle %s takes more than the %d bytes allowed", ref.DigestStr(), maxBundleSize)}
 	}
 	b := &bundle.Bundle{}
 	if err := b.UnmarshalJSON(raw); err != nil {

@@ -81,6 +81,12 @@ func CompilePolicy(specs []RuleSpec, defaultAction Action, s Settings) (*Policy,
 	if envErr != nil {
 		return nil, envErr
 	}
+	var rootContent []byte
+	if s.TrustedRoot != "" {
+		// Read here too for the cache identity; a file that cannot be read is reported where the
+		// trusted root is loaded.
+		rootContent, _ = os.ReadFile(s.TrustedRoot)
+	}
 	names := map[string]bool{}
 	for i, spec := range specs {
 		path := fmt.Sprintf("policies[%d]", i)
@@ -90,6 +96,12 @@ func CompilePolicy(specs []RuleSpec, defaultAction Action, s Settings) (*Policy,
 		}
 		h := sha256.New()
 		json.NewEncoder(h).Encode(spec)
+		// A rotated trusted root or tightened bounds must re-check what was verified before.
+		json.NewEncoder(h).Encode(struct {
+			MaxSignatures int
+			MaxBytes      int64
+		}{s.MaxSignatures, s.MaxBytes})
+		h.Write(rootContent)
 		switch {
 		case spec.Name == "":
 			add(path+".name", "must be set: denials and metrics name the rule")
@@ -321,7 +333,7 @@ func certPool(file string) (*x509.CertPool, []byte, error) {
 
 // match returns the first rule for the image and namespace, or nil.
 func (p *Policy) match(img Image, namespace string) *rule {
-	name := img.Name()
+	name := hostKey(img.Registry) + "/" + img.Repository
 	for _, r := range p.rules {
 		if !matchAny(r.images, name) {
 			continue
@@ -341,4 +353,11 @@ func matchAny(gs []glob, s string) bool {
 		}
 	}
 	return false
+}
+
+// hostKey spells a registry host the one way rules are matched against: hosts are
+// case-insensitive, and port 443 is the default one, so REGISTRY.example.com:443 is
+// registry.example.com, as far as the server it reaches is concerned.
+func hostKey(host string) string {
+	return strings.TrimSuffix(strings.ToLower(host), ":443")
 }

@@ -24,6 +24,7 @@ func compileGlob(pattern string) (glob, error) {
 	var b strings.Builder
 	b.WriteString("^")
 	segs := strings.Split(pattern, "/")
+	segs[0] = hostKey(segs[0])
 	for i, seg := range segs {
 		switch {
 		case seg == "**" && i == len(segs)-1:

@@ -343,3 +343,53 @@ func TestVerifyRegistryUnavailable(t *testing.T) {
 		}
 	})
 }
+
+// Hosts are case-insensitive and :443 is the default port: spelling the registry differently
+// must not slip past a rule, since containerd reaches the same server.
+func TestPolicyMatchHostSpelling(t *testing.T) {
+	t.Parallel()
+	p := mustPolicy(t, RuleSpec{Name: "apps", Images: []string{"Registry.Example.com/apps/**"}, Mode: Skip})
+	for _, ref := range []string{"registry.example.com/apps/web", "REGISTRY.example.com/apps/web", "registry.example.com:443/apps/web"} {
+		img, err := ParseImage(ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := p.match(img, ""); r == nil || r.name != "apps" {
+			t.Errorf("%s matched %v, want rule apps", ref, r)
+		}
+	}
+}
+
+// The verification cache is keyed by the rule's hash: a rotated trusted root or changed bounds
+// must change it, so that what was verified before is checked again.
+func TestRuleHashCoversTrustedRootAndBounds(t *testing.T) {
+	t.Parallel()
+	key := newTestKey(t)
+	rule := keyRule("apps", []string{"registry.example.com/**"}, Enforce, key)
+	dir := t.TempDir()
+	hash := func(root string, maxBytes int64) string {
+		t.Helper()
+		s := testSettings
+		s.MaxBytes = maxBytes
+		if root != "" {
+			s.TrustedRoot = filepath.Join(dir, root)
+			if err := os.WriteFile(s.TrustedRoot, []byte(root), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p, err := CompilePolicy([]RuleSpec{rule}, Deny, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.rules[0].hash
+	}
+	base := hash("", 1<<20)
+	if base != hash("", 1<<20) {
+		t.Fatal("the same rule hashed twice differs")
+	}
+	for name, h := range map[string]string{"trusted root": hash("root-a", 1<<20), "other trusted root": hash("root-b", 1<<20), "maxBytes": hash("", 2<<20)} {
+		if h == base {
+			t.Errorf("changing the %s left the rule's hash unchanged", name)
+		}
+	}
+}

@@ -195,7 +195,7 @@ func (r *Resolver) transport(ctx context.Context, ep hosts.Endpoint, reg name.Re
 		inner = httpsOnly{inner}
 	}
 	if len(ep.Header) > 0 {
-		inner = headerTransport{header: ep.Header, inner: inner}
+		inner = headerTransport{host: ep.Host, header: ep.Header, inner: inner}
 	}
 	rt, err := transport.NewWithContext(ctx, reg, cred.Authenticator(), inner, []string{repo.Scope(transport.PullScope)})
 	if err != nil {
@@ -273,12 +273,18 @@ func (h httpsOnly) RoundTrip(req *http.Request) (*http.Response, error) {
 	return h.inner.RoundTrip(req)
 }
 
+// headerTransport adds hosts.toml's headers to requests for the endpoint itself, never to the
+// token realms or blob stores it sends clients to: such headers often carry secrets.
 type headerTransport struct {
+	host   string
 	header http.Header
 	inner  http.RoundTripper
 }
 
 func (h headerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Host != h.host {
+		return h.inner.RoundTrip(req)
+	}
 	req = req.Clone(req.Context())
 	for k, v := range h.header {
 		req.Header[k] = v

@@ -618,6 +618,27 @@ func TestResolveHostsHeader(t *testing.T) {
 	}
 }
 
+// hosts.toml's headers often carry secrets: the token realm, another host, never gets them.
+func TestResolveHostsHeaderStaysWithEndpoint(t *testing.T) {
+	t.Parallel()
+	realm, tokens := tokenServer(t, "alice", "s3cret", "tok-123")
+	s := newServer(t, func(h http.Handler) http.Handler { return bearerAuth(realm, "tok-123", h) })
+	push(t, s.reg, "team/app", "v1")
+	h := hostsDir(t, s.host, fmt.Sprintf("server = %q\n[header]\n  x-registry-key = \"k1\"\n", "http://"+s.host))
+	if _, err := newResolver(h).Resolve(t.Context(), image(s.host), auth.Credential{Username: "alice", Password: "s3cret"}); err != nil {
+		t.Fatal(err)
+	}
+	reqs := tokens.take()
+	if len(reqs) == 0 {
+		t.Fatal("the token realm was never asked")
+	}
+	for _, req := range reqs {
+		if got := req.header.Get("X-Registry-Key"); got != "" {
+			t.Errorf("token realm got %s with X-Registry-Key %q", req, got)
+		}
+	}
+}
+
 func TestResolveTLS(t *testing.T) {
 	t.Parallel()
 	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))

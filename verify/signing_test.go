@@ -308,7 +308,7 @@ func mustPolicy(t *testing.T, rules ...RuleSpec) *Policy {
 
 // pushIndex pushes an index of two platforms, this node's and another, and returns the index
 // and the digest of this node's manifest.
-func pushIndex(t *testing.T, ref string) (index, platform name.Digest) {
+func pushIndex(t *testing.T, ref string, extra ...v1.Platform) (index, platform name.Digest) {
 	t.Helper()
 	tag, err := name.NewTag(ref)
 	if err != nil {
@@ -316,12 +316,12 @@ func pushIndex(t *testing.T, ref string) (index, platform name.Digest) {
 	}
 	var adds []mutateidx.IndexAddendum
 	var mine v1.Hash
-	for _, p := range []v1.Platform{{OS: "linux", Architecture: runtime.GOARCH, Variant: armVariant()}, {OS: "linux", Architecture: "s390x"}} {
+	for i, p := range append([]v1.Platform{{OS: "linux", Architecture: runtime.GOARCH}, {OS: "linux", Architecture: "s390x"}}, extra...) {
 		img, err := random.Image(128, 1)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if p.Architecture == runtime.GOARCH {
+		if i == 0 {
 			if mine, err = img.Digest(); err != nil {
 				t.Fatal(err)
 			}
@@ -346,6 +346,10 @@ func TestVerifySignedLevel(t *testing.T) {
 	index, platform := pushIndex(t, host+"/multi/app:v1")
 	key.sign(t, platform, platform) // only this node's platform manifest is signed
 	signedIndex, _ := pushIndex(t, host+"/multi/signed:v1")
+	// A second entry for this node's architecture (another variant): which one containerd
+	// unpacks depends on the node's CPU, so a signature on one of them settles nothing.
+	ambiguous, first := pushIndex(t, host+"/multi/ambiguous:v1", v1.Platform{OS: "linux", Architecture: runtime.GOARCH, Variant: "v2"})
+	key.sign(t, first, first)
 	key.sign(t, signedIndex, signedIndex)
 
 	rule := func(level string) RuleSpec {
@@ -357,11 +361,13 @@ func TestVerifySignedLevel(t *testing.T) {
 		name, level string
 		d           name.Digest
 		allowed     bool
+		reason      string
 	}{
 		{name: "index level, platform signed", level: SignedIndex, d: index},
 		{name: "platform level, platform signed", level: SignedPlatform, d: index, allowed: true},
 		{name: "index level, index signed", level: SignedIndex, d: signedIndex, allowed: true},
 		{name: "platform level, index signed", level: SignedPlatform, d: signedIndex, allowed: true},
+		{name: "platform level, ambiguous index", level: SignedPlatform, d: ambiguous, reason: "manifests containerd could choose"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -371,8 +377,8 @@ func TestVerifySignedLevel(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if d.Allowed != tc.allowed {
-				t.Fatalf("Verify = %+v, want allowed=%v", d, tc.allowed)
+			if d.Allowed != tc.allowed || !strings.Contains(d.Reason, tc.reason) {
+				t.Fatalf("Verify = %+v, want allowed=%v reason containing %q", d, tc.allowed, tc.reason)
 			}
 		})
 	}

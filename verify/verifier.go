@@ -144,127 +144,150 @@ func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request) 
 	if err != nil {
 		return d, err
 	}
-	opts := []ociremote.Option{
-		ociremote.WithRemoteOptions(ropts...),
-		// Pinned, so that COSIGN_REPOSITORY in the environment cannot redirect the lookup.
-		ociremote.WithTargetRepository(repo),
-	}
-	ref := repo.Digest(req.Digest.String())
 	h, err := v1.NewHash(req.Digest.String())
 	if err != nil {
 		return d, err
 	}
-
-	// A bound exceeded denies for what the image carries; other fetch errors mean it could not
-	// be checked.
-	deny := func(reason string) (Decision, error) {
-		d.Reason, d.Allowed = reason, r.mode == Warn
-		return d, nil
+	c := &checker{r: r, s: s, img: req.Image, repo: repo, ropts: ropts, refs: map[v1.Hash]*referrers{}, opts: []ociremote.Option{
+		ociremote.WithRemoteOptions(ropts...),
+		// Pinned, so that COSIGN_REPOSITORY in the environment cannot redirect the lookup.
+		ociremote.WithTargetRepository(repo),
+	}}
+	reasons, err := c.verify(ctx, h)
+	var de *denial
+	switch {
+	case errors.As(err, &de):
+		reasons = []string{de.msg}
+	case err != nil:
+		return d, err
 	}
-	var be *boundError
-	sigs, err := fetch(ref, ociremote.SignatureTag, s.MaxSignatures, opts)
-	if errors.As(err, &be) {
-		return deny(be.msg)
-	} else if err != nil {
-		return d, fetchError(req.Image, "signatures", err)
-	}
-	// Sigstore bundles (cosign v3's format) are fetched only when the .sig tag does not settle
-	// an authority or an attestation.
-	refs := &referrers{ref: ref, max: s.MaxSignatures, opts: opts}
-	bundles := func() ([]sigstoreBundle, error) {
-		bs, err := refs.get()
-		if err != nil && !errors.As(err, &be) {
-			err = fetchError(req.Image, "sigstore bundles", err)
-		}
-		return bs, err
-	}
-	var reasons []string
-	for _, a := range r.authorities {
-		res := verifySignatures(ctx, a, sigs, h, r, req.Image)
-		if !res.Verified {
-			bs, err := bundles()
-			if errors.As(err, &be) {
-				return deny(be.msg)
-			} else if err != nil {
-				return d, err
-			}
-			res = verifyBundleSignatures(a, res, len(sigs), bs, h, r, req.Image)
-		}
-		d.Authorities = append(d.Authorities, res)
-		if res.Verified {
-			reasons = nil
-			break
-		}
-		reasons = append(reasons, a.name+": "+res.Reason)
-	}
-	if len(reasons) > 0 && r.platformLevel {
-		// The index is not signed: a signature on the manifest this node will run is enough.
-		pd, err := platformManifest(repo.Digest(req.Digest.String()), ropts)
-		if err != nil {
-			return d, fetchError(req.Image, "index", err)
-		}
-		if pd != nil {
-			psigs, err := fetch(repo.Digest(pd.Digest.String()), ociremote.SignatureTag, s.MaxSignatures, opts)
-			if errors.As(err, &be) {
-				return deny(be.msg)
-			} else if err != nil {
-				return d, fetchError(req.Image, "platform signatures", err)
-			}
-			prefs := &referrers{ref: repo.Digest(pd.Digest.String()), max: s.MaxSignatures, opts: opts}
-			d.Authorities = d.Authorities[:0]
-			for _, a := range r.authorities {
-				res := verifySignatures(ctx, a, psigs, pd.Digest, r, req.Image)
-				if !res.Verified {
-					bs, err := prefs.get()
-					if errors.As(err, &be) {
-						return deny(be.msg)
-					} else if err != nil {
-						return d, fetchError(req.Image, "platform sigstore bundles", err)
-					}
-					res = verifyBundleSignatures(a, res, len(psigs), bs, pd.Digest, r, req.Image)
-				}
-				d.Authorities = append(d.Authorities, res)
-				if res.Verified {
-					reasons = nil
-					break
-				}
-				reasons = append(reasons, fmt.Sprintf("%s: index %s unsigned, and for platform %s: %s", a.name, h, pd.Platform, res.Reason))
-			}
-		}
-	}
-	if len(reasons) == 0 && len(r.attestations) > 0 {
-		atts, err := fetch(ref, ociremote.AttestationTag, s.MaxSignatures, opts)
-		if errors.As(err, &be) {
-			return deny(be.msg)
-		} else if err != nil {
-			return d, fetchError(req.Image, "attestations", err)
-		}
-		for _, spec := range r.attestations {
-			ok, found := checkAttestation(ctx, r, spec, atts, h)
-			if ok {
-				continue
-			}
-			bs, err := bundles()
-			if errors.As(err, &be) {
-				return deny(be.msg)
-			} else if err != nil {
-				return d, err
-			}
-			ok, bfound := bundleAttestations(ctx, r, spec, bs, h)
-			if ok {
-				continue
-			}
-			reasons = append(reasons, "attestation "+spec.name+": "+attestationReason(spec, h, len(atts), attestationBundles(bs), append(found, bfound...)))
-		}
-	}
+	d.Authorities = c.results
 	if err := ctx.Err(); err != nil {
 		return d, fmt.Errorf("verify %s@%s: %w", req.Image.Name(), req.Digest, err)
 	}
 	if len(reasons) > 0 {
-		return deny(strings.Join(reasons, "; "))
+		d.Reason, d.Allowed = strings.Join(reasons, "; "), r.mode == Warn
+		return d, nil
 	}
 	d.Allowed = true
 	return d, nil
+}
+
+// checker verifies one image against one rule.
+type checker struct {
+	r     *rule
+	s     Settings
+	img   Image
+	repo  name.Repository
+	ropts []remote.Option
+	opts  []ociremote.Option
+	// refs holds each digest's referrers, fetched once, when needed.
+	refs map[v1.Hash]*referrers
+	// results are the authorities' findings on the digest that decided.
+	results []AuthorityResult
+}
+
+// verify returns what failed for the image at h: nothing when a signature from one of the
+// rule's authorities and all its attestations hold.
+func (c *checker) verify(ctx context.Context, h v1.Hash) ([]string, error) {
+	ok, err := c.authorities(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	var reasons []string
+	prefix := ""
+	if !ok && c.r.platformLevel {
+		// The index is not signed: a signature on the manifest this node will run is enough.
+		pd, err := platformManifest(c.repo.Digest(h.String()), c.ropts)
+		if err != nil {
+			return nil, c.fetchError("index", err)
+		}
+		if pd != nil {
+			if ok, err = c.authorities(ctx, pd.Digest); err != nil {
+				return nil, err
+			}
+			prefix = fmt.Sprintf("index %s is not signed; for platform %s, ", h, pd.Platform)
+		}
+	}
+	if !ok {
+		for _, res := range c.results {
+			reasons = append(reasons, prefix+res.Name+": "+res.Reason)
+		}
+		return reasons, nil
+	}
+	if len(c.r.attestations) == 0 {
+		return nil, nil
+	}
+	atts, err := fetch(c.repo.Digest(h.String()), ociremote.AttestationTag, c.s.MaxSignatures, c.opts)
+	if err != nil {
+		return nil, c.fetchError("attestations", err)
+	}
+	for _, spec := range c.r.attestations {
+		ok, found := checkAttestation(ctx, c.r, spec, atts, h)
+		if ok {
+			continue
+		}
+		bs, err := c.bundles(h)
+		if err != nil {
+			return nil, err
+		}
+		ok, bfound := bundleAttestations(ctx, c.r, spec, bs, h)
+		if !ok {
+			reasons = append(reasons, "attestation "+spec.name+": "+attestationReason(spec, h, len(atts), attestationBundles(bs), append(found, bfound...)))
+		}
+	}
+	return reasons, nil
+}
+
+// authorities checks the rule's authorities against the signatures of the digest h, in either
+// storage format, until one verifies.
+func (c *checker) authorities(ctx context.Context, h v1.Hash) (bool, error) {
+	sigs, err := fetch(c.repo.Digest(h.String()), ociremote.SignatureTag, c.s.MaxSignatures, c.opts)
+	if err != nil {
+		return false, c.fetchError("signatures", err)
+	}
+	c.results = c.results[:0]
+	for _, a := range c.r.authorities {
+		res := verifySignatures(ctx, a, sigs, h, c.r, c.img)
+		if !res.Verified {
+			// Sigstore bundles (cosign v3's format) are fetched only when the .sig tag does not
+			// settle an authority.
+			bs, err := c.bundles(h)
+			if err != nil {
+				return false, err
+			}
+			res = verifyBundleSignatures(a, res, len(sigs), bs, h, c.r, c.img)
+		}
+		c.results = append(c.results, res)
+		if res.Verified {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// bundles returns the sigstore bundles that refer to h.
+func (c *checker) bundles(h v1.Hash) ([]sigstoreBundle, error) {
+	r, ok := c.refs[h]
+	if !ok {
+		r = &referrers{ref: c.repo.Digest(h.String()), max: c.s.MaxSignatures, opts: c.opts}
+		c.refs[h] = r
+	}
+	bs, err := r.get()
+	if err != nil {
+		return nil, c.fetchError("sigstore bundles", err)
+	}
+	return bs, nil
+}
+
+// fetchError wraps registry trouble while fetching what: the pull could not be checked. A
+// denial passes as is.
+func (c *checker) fetchError(what string, err error) error {
+	var de *denial
+	if errors.As(err, &de) {
+		return err
+	}
+	return &RegistryError{Op: "verify", Image: c.img, Unavailable: unavailable(err), Err: fmt.Errorf("fetch %s: %w", what, err)}
 }
 
 // fetch lists the signatures (or attestations) stored under the digest's cosign tag.
@@ -282,7 +305,7 @@ func fetch(ref name.Digest, tag func(name.Reference, ...ociremote.Option) (name.
 		return nil, err
 	}
 	if max > 0 && len(list) > max {
-		return nil, &boundError{fmt.Sprintf("%d signatures stored for the image, more than the %d allowed", len(list), max)}
+		return nil, &denial{fmt.Sprintf("%d signatures stored for the image, more than the %d allowed", len(list), max)}
 	}
 	return list, nil
 }
@@ -443,11 +466,6 @@ func statement(att oci.Signature) (inTotoStatement, error) {
 	return st, json.Unmarshal(b, &st)
 }
 
-// fetchError wraps registry trouble while fetching: the pull could not be checked.
-func fetchError(img Image, what string, err error) error {
-	return &RegistryError{Op: "verify", Image: img, Unavailable: unavailable(err), Err: fmt.Errorf("fetch %s: %w", what, err)}
-}
-
 func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
 
 func dedupe(s []string) []string {
@@ -480,20 +498,20 @@ func platformManifest(ref name.Digest, opts []remote.Option) (*v1.Descriptor, er
 	if err != nil {
 		return nil, err
 	}
-	want := v1.Platform{OS: runtime.GOOS, Architecture: runtime.GOARCH, Variant: armVariant()}
-	for i, d := range m.Manifests {
-		if d.Platform != nil && d.Platform.Satisfies(want) {
-			return &m.Manifests[i], nil
+	// containerd picks among the entries for the node's OS and architecture (and those without a
+	// platform) by variant and order, in ways that depend on the node's CPU. Only when exactly one
+	// entry could be picked is it certain which manifest containerd will unpack.
+	var candidates []v1.Descriptor
+	for _, d := range m.Manifests {
+		if d.Platform == nil || (d.Platform.OS == runtime.GOOS && d.Platform.Architecture == runtime.GOARCH) {
+			candidates = append(candidates, d)
 		}
 	}
-	return nil, fmt.Errorf("index %s has no manifest for %s", ref.DigestStr(), want)
-}
-
-// armVariant is the variant containerd matches on 32-bit ARM; other architectures have none
-// that matter for the choice.
-func armVariant() string {
-	if runtime.GOARCH == "arm" {
-		return "v7"
+	switch len(candidates) {
+	case 0:
+		return nil, &denial{fmt.Sprintf("index %s has no manifest for %s/%s", ref.DigestStr(), runtime.GOOS, runtime.GOARCH)}
+	case 1:
+		return &candidates[0], nil
 	}
-	return ""
+	return nil, &denial{fmt.Sprintf("index %s is not signed and has %d manifests containerd could choose for %s/%s; sign the index", ref.DigestStr(), len(candidates), runtime.GOOS, runtime.GOARCH)}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -69,28 +68,11 @@ func verifyImage(args []string, stdout io.Writer) int {
 	}
 	creds = append(creds, auth.Credential{})
 
-	ctx := context.Background()
-	var (
-		dgst = img.Digest
-		cred auth.Credential
-	)
-	if dgst != "" {
-		cred = creds[0] // the best match, as for a pull by digest
-	} else {
-		for _, cred = range creds {
-			var re *verify.RegistryError
-			if dgst, err = resolver.Resolve(ctx, img, cred); err == nil || !errors.As(err, &re) || re.Unavailable {
-				break
-			}
-		}
-		if err != nil {
-			return fail(err)
-		}
-	}
-	d, err := verify.NewVerifier(policy, resolver).Verify(ctx, verify.Request{Image: img, Digest: dgst, Namespace: *namespace, Credential: cred})
+	checked, err := verify.Check(context.Background(), resolver, verify.NewVerifier(policy, resolver), img, *namespace, creds)
 	if err != nil {
 		return fail(fmt.Errorf("could not be checked: %w", err))
 	}
+	d, dgst := checked.Decision, checked.Digest
 	verdict, code := "allowed", exitAllowed
 	switch {
 	case !d.Allowed:

@@ -1,0 +1,69 @@
+package verify
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/pullgate/pullgate/verify/auth"
+)
+
+// TagResolver turns a tag into the digest it points to.
+type TagResolver interface {
+	Resolve(ctx context.Context, img Image, cred auth.Credential) (digest.Digest, error)
+}
+
+// Decider decides whether a digest may be pulled.
+type Decider interface {
+	Verify(ctx context.Context, req Request) (Decision, error)
+}
+
+// Checked is the outcome of Check.
+type Checked struct {
+	Digest     digest.Digest
+	Credential auth.Credential
+	Decision   Decision
+	// Resolve and Verify are the time spent resolving and deciding.
+	Resolve, Verify time.Duration
+}
+
+// Check is the pull pipeline up to the runtime: it resolves img (a pinned image is its own
+// digest) and decides on that digest, trying creds in order, as kubelet tries its credentials: a
+// credential the registry refuses gives way to the next. The error is the last one met.
+func Check(ctx context.Context, r TagResolver, d Decider, img Image, namespace string, creds []auth.Credential) (Checked, error) {
+	var (
+		c   Checked
+		err error
+	)
+	for _, c.Credential = range creds {
+		start := time.Now()
+		c.Digest = img.Digest
+		if c.Digest == "" {
+			c.Digest, err = r.Resolve(ctx, img, c.Credential)
+			c.Resolve += time.Since(start)
+			if err != nil {
+				if Unauthorized(err) {
+					continue
+				}
+				return c, err
+			}
+		}
+		start = time.Now()
+		c.Decision, err = d.Verify(ctx, Request{Image: img, Digest: c.Digest, Namespace: namespace, Credential: c.Credential})
+		c.Verify += time.Since(start)
+		if err == nil || !Unauthorized(err) {
+			return c, err
+		}
+	}
+	return c, err
+}
+
+// Unauthorized tells a credential the registry refused.
+func Unauthorized(err error) bool {
+	var te *transport.Error
+	return errors.As(err, &te) && (te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden)
+}

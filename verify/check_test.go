@@ -1,0 +1,69 @@
+package verify
+
+import (
+	"context"
+	"net/http"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/pullgate/pullgate/verify/auth"
+)
+
+type fakeResolver struct{ refuse map[string]bool }
+
+func (f fakeResolver) Resolve(_ context.Context, _ Image, c auth.Credential) (digest.Digest, error) {
+	if f.refuse[c.Username] {
+		return "", &transport.Error{StatusCode: http.StatusUnauthorized}
+	}
+	return "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", nil
+}
+
+type fakeDecider struct{ refuse map[string]bool }
+
+func (f fakeDecider) Verify(_ context.Context, req Request) (Decision, error) {
+	if f.refuse[req.Credential.Username] {
+		return Decision{}, &RegistryError{Op: "verify", Image: req.Image, Err: &transport.Error{StatusCode: http.StatusForbidden}}
+	}
+	return Decision{Allowed: true, Rule: "r"}, nil
+}
+
+// A credential the registry refuses, while resolving or while fetching signatures, gives way
+// to the next, as kubelet tries its credentials in turn.
+func TestCheckTriesCredentialsInOrder(t *testing.T) {
+	t.Parallel()
+	creds := []auth.Credential{{Username: "stale"}, {Username: "good"}, {}}
+	tag, err := ParseImage("registry.example.com/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := tag.Pinned("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+	tests := []struct {
+		name            string
+		img             Image
+		resolve, decide map[string]bool
+		want            string
+		wantErr         bool
+	}{
+		{name: "tag, stale credential refused by resolve", img: tag, resolve: map[string]bool{"stale": true}, want: "good"},
+		{name: "digest, stale credential refused by the signature fetch", img: pinned, decide: map[string]bool{"stale": true}, want: "good"},
+		{name: "tag, refused while verifying", img: tag, decide: map[string]bool{"stale": true}, want: "good"},
+		{name: "every credential refused", img: pinned, decide: map[string]bool{"stale": true, "good": true, "": true}, wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := Check(context.Background(), fakeResolver{tc.resolve}, fakeDecider{tc.decide}, tc.img, "", creds)
+			if tc.wantErr {
+				if err == nil || !Unauthorized(err) {
+					t.Fatalf("Check = %+v, %v; want the registry's refusal", c, err)
+				}
+				return
+			}
+			if err != nil || c.Credential.Username != tc.want || !c.Decision.Allowed {
+				t.Fatalf("Check = %+v, %v; want allowed with credential %q", c, err, tc.want)
+			}
+		})
+	}
+}
