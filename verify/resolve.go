@@ -219,6 +219,9 @@ type baseKey struct {
 	tls          any
 }
 
+// maxBases bounds the connection pools kept, one per endpoint and TLS configuration.
+const maxBases = 256
+
 // base returns the shared connection pool for an endpoint.
 func (r *Resolver) base(ep hosts.Endpoint) http.RoundTripper {
 	key := baseKey{ep.Scheme, ep.Host, ep.TLS}
@@ -226,6 +229,13 @@ func (r *Resolver) base(ep hosts.Endpoint) http.RoundTripper {
 	defer r.mu.Unlock()
 	if t, ok := r.bases[key]; ok {
 		return t
+	}
+	if len(r.bases) >= maxBases {
+		// Each change of a hosts.toml makes new TLS settings and so a new pool: drop the old.
+		for k, t := range r.bases {
+			t.CloseIdleConnections()
+			delete(r.bases, k)
+		}
 	}
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.Proxy = nil
