@@ -309,10 +309,9 @@ const disabledPlugins = `[
   "io.containerd.nri.v1.nri",
 ]`
 
-// configV2 is for containerd 1.x: one CRI plugin holds image and runtime settings.
-// The native snapshotter works on any filesystem, overlayfs not in every sandbox.
-var configV2 = template.Must(template.New("v2").Parse(`version = 2
-root = "{{.Dir}}/root"
+// configCommon is what both config versions say alike: paths in the test's directory, the
+// test's socket, debug logging.
+const configCommon = `root = "{{.Dir}}/root"
 state = "{{.Dir}}/state"
 imports = []
 disabled_plugins = ` + disabledPlugins + `
@@ -329,7 +328,12 @@ disabled_plugins = ` + disabledPlugins + `
 
 [plugins."io.containerd.internal.v1.opt"]
   path = "{{.Dir}}/opt"
+`
 
+// configV2 is for containerd 1.x: one CRI plugin holds image and runtime settings.
+// The native snapshotter works on any filesystem, overlayfs not in every sandbox.
+var configV2 = template.Must(template.New("v2").Parse(`version = 2
+` + configCommon + `
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
   stream_server_address = "127.0.0.1"
@@ -346,24 +350,7 @@ disabled_plugins = ` + disabledPlugins + `
 // configV3 is for containerd 2.x, where the CRI plugin is split into an images and a runtime
 // plugin. containerd 2.4 writes version 4 but migrates version 3, which every 2.x reads.
 var configV3 = template.Must(template.New("v3").Parse(`version = 3
-root = "{{.Dir}}/root"
-state = "{{.Dir}}/state"
-imports = []
-disabled_plugins = ` + disabledPlugins + `
-
-[grpc]
-  address = "{{.Socket}}"
-
-[ttrpc]
-  address = "{{.Socket}}.ttrpc"
-
-[debug]
-  address = "{{.Dir}}/debug.sock"
-  level = "debug"
-
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{{.Dir}}/opt"
-
+` + configCommon + `
 # CRI pulls through the transfer service in 2.1+, which unpacks only for the snapshotters listed
 # here (overlayfs by default): without this entry pulls fail with "no unpack platforms defined".
 [plugins."io.containerd.transfer.v1.local"]
