@@ -1,6 +1,7 @@
 # pullgate: see README.md. Everything here runs as root on a Debian machine.
 
 CONTAINERD2_VERSION ?= v2.4.2
+KUBELET_VERSION := $(shell sed -n 's/^require k8s.io\/kubernetes //p' test/kubelet/go.mod)
 COSIGN_VERSION ?= v2.6.5
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO ?= go
@@ -8,9 +9,12 @@ BIN := $(CURDIR)/bin
 
 PULLGATE := $(BIN)/pullgate
 CONTAINERD2 := $(BIN)/containerd-$(CONTAINERD2_VERSION)/containerd
+SHIM2 := $(BIN)/containerd-$(CONTAINERD2_VERSION)/containerd-shim-runc-v2
+KUBELET := $(BIN)/kubelet-$(KUBELET_VERSION)/kubelet
 COSIGN := $(BIN)/cosign-$(COSIGN_VERSION)/cosign
 export PULLGATE_BIN := $(PULLGATE)
 export PULLGATE_CONTAINERD2 := $(CONTAINERD2)
+export PULLGATE_KUBELET := $(KUBELET)
 
 .PHONY: all build test unit e2e bench demo deps check clean
 
@@ -27,15 +31,28 @@ $(PULLGATE):
 $(CONTAINERD2):
 	GOBIN=$(dir $@) $(GO) install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@$(CONTAINERD2_VERSION)
 
+# Its runc shim, of the same version: the kubelet tests start containers through containerd 2.x,
+# which finds the shim next to itself.
+$(SHIM2):
+	GOBIN=$(dir $@) $(GO) install github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD2_VERSION)
+
+# The real kubelet, built once per version from the module in test/kubelet (its version is that
+# module's k8s.io/kubernetes requirement). The first build takes minutes; Go's build cache keeps it.
+$(KUBELET): test/kubelet/go.mod test/kubelet/go.sum
+	cd test/kubelet && $(GO) build -trimpath -ldflags "-X k8s.io/component-base/version.gitVersion=$(KUBELET_VERSION)" \
+		-o $@ k8s.io/kubernetes/cmd/kubelet
+
 # The cosign CLI, for `make bench` to compare against.
 $(COSIGN):
 	GOBIN=$(dir $@) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@$(COSIGN_VERSION)
 
-# The real parts the tests start, from Debian's packages: containerd 1.6, and systemd's tools
-# (systemd-analyze, systemd-socket-activate) for the unit tests.
+# The real parts the tests start, from Debian's packages: containerd 1.6, runc, systemd's tools
+# (systemd-analyze, systemd-socket-activate) for the unit tests, and the static busybox that the
+# kubelet tests' images run.
 deps:
-	@command -v containerd >/dev/null && command -v systemd-socket-activate >/dev/null || \
-		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y containerd systemd; }
+	@command -v containerd >/dev/null && command -v runc >/dev/null && command -v systemd-socket-activate >/dev/null && \
+		dpkg -s busybox-static >/dev/null 2>&1 || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y containerd runc systemd busybox-static; }
 
 check:
 	@test -z "$$(gofmt -l cmd proxy verify test)" || { gofmt -l cmd proxy verify test; echo "gofmt needed"; exit 1; }
@@ -44,7 +61,7 @@ check:
 unit:
 	$(GO) test -race -count=1 ./verify/... ./proxy/... ./cmd/...
 
-e2e: deps $(PULLGATE) $(CONTAINERD2)
+e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
 	$(GO) test -count=1 -timeout 15m ./test/...
 
 test: check unit e2e
