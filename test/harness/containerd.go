@@ -31,21 +31,34 @@ type Containerd struct {
 	Namespace string // containerd namespace the CRI plugin uses
 	Version   string // as printed by `containerd --version`, e.g. "1.6.20~ds1" or "2.4.2+unknown"
 
-	t       T
-	bin     string
-	dir     string
-	config  string
-	logPath string
-	cmd     *exec.Cmd
-	exited  chan struct{} // closed when cmd has been waited for
+	t            T
+	sandboxImage string // set by WithPods
+	bin          string
+	dir          string
+	config       string
+	logPath      string
+	cmd          *exec.Cmd
+	exited       chan struct{} // closed when cmd has been waited for
 }
 
 // startTimeout bounds how long containerd may take to answer CRI calls after it was started.
 const startTimeout = 30 * time.Second
 
+// ContainerdOption configures StartContainerd.
+type ContainerdOption func(*Containerd)
+
+// WithPods makes containerd 2.x ready to run kubelet's pods: the overlayfs snapshotter, runc
+// through the containerd-shim-runc-v2 next to the containerd binary, and sandboxImage as the
+// pinned pause image. containerd pulls the pause image itself, without credentials, so a
+// sandbox image on a registry that needs them must be pulled first (see Pull).
+func WithPods(sandboxImage string) ContainerdOption {
+	return func(c *Containerd) { c.sandboxImage = sandboxImage }
+}
+
 // StartContainerd starts the containerd binary bin and waits until its CRI image service answers.
-// Everything it creates is removed when the test ends; its log is shown only if the test failed.
-func StartContainerd(t T, bin string) *Containerd {
+// Everything it creates is removed when the test ends, pods included; its log is shown only if
+// the test failed.
+func StartContainerd(t T, bin string, opts ...ContainerdOption) *Containerd {
 	t.Helper()
 	version, major, err := containerdVersion(bin)
 	if err != nil {
@@ -68,6 +81,17 @@ func StartContainerd(t T, bin string) *Containerd {
 		logPath:   filepath.Join(dir, "containerd.log"),
 	}
 	c.Endpoint = "unix://" + c.Socket
+	for _, o := range opts {
+		o(c)
+	}
+	if c.sandboxImage != "" {
+		if major < 2 {
+			t.Fatalf("containerd %s: WithPods needs containerd 2.x", version)
+		}
+		if err := podTools(bin); err != nil {
+			failOrSkip(t, err.Error())
+		}
+	}
 	t.Cleanup(c.cleanup)
 
 	for _, d := range []string{c.CertsDir, filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "net.d")} {
@@ -82,8 +106,13 @@ func StartContainerd(t T, bin string) *Containerd {
 	var cfg bytes.Buffer
 	data := struct {
 		*Containerd
-		Platform string
-	}{c, "linux/" + runtime.GOARCH}
+		Platform     string
+		Snapshotter  string
+		SandboxImage string
+	}{c, "linux/" + runtime.GOARCH, "native", c.sandboxImage}
+	if c.sandboxImage != "" {
+		data.Snapshotter = "overlayfs"
+	}
 	if err := tmpl.Execute(&cfg, data); err != nil {
 		t.Fatal(err)
 	}
@@ -110,6 +139,8 @@ func (c *Containerd) Start() {
 	defer logFile.Close() // the child has its own copy
 	cmd := exec.Command(c.bin, "--config", c.config)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// containerd looks for its shim on PATH: its own version's, not another containerd's.
+	cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(c.bin)+string(os.PathListSeparator)+os.Getenv("PATH"))
 	// Pdeathsig: a test binary killed by `go test -timeout` must not leave containerd behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -177,6 +208,12 @@ func (c *Containerd) stop() error {
 }
 
 func (c *Containerd) cleanup() {
+	// Containers outlive containerd, in their shims: stop and remove them first.
+	if c.cmd != nil {
+		if err := c.removePods(); err != nil {
+			c.t.Errorf("remove pods: %v", err)
+		}
+	}
 	if err := c.stop(); err != nil {
 		c.t.Error(err)
 	}
@@ -191,6 +228,56 @@ func (c *Containerd) cleanup() {
 	if err := os.RemoveAll(c.dir); err != nil {
 		c.t.Errorf("remove containerd dir: %v", err)
 	}
+}
+
+// removePods stops and removes every pod sandbox, and with them their containers.
+func (c *Containerd) removePods() error {
+	return c.call(func(ctx context.Context, conn *grpc.ClientConn) error {
+		rt := runtimeapi.NewRuntimeServiceClient(conn)
+		resp, err := rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, s := range resp.Items {
+			if _, err := rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: s.Id}); err != nil {
+				errs = append(errs, err)
+			}
+			if _, err := rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: s.Id}); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		return errors.Join(errs...)
+	})
+}
+
+// Pull pulls ref straight into containerd, bypassing pullgate, with basic credentials if user
+// is not empty: for images that must be on the node before a test, such as the pause image.
+func (c *Containerd) Pull(ref, user, password string) {
+	c.t.Helper()
+	req := &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}
+	if user != "" {
+		req.Auth = &runtimeapi.AuthConfig{Username: user, Password: password}
+	}
+	err := c.call(func(ctx context.Context, conn *grpc.ClientConn) error {
+		_, err := runtimeapi.NewImageServiceClient(conn).PullImage(ctx, req)
+		return err
+	})
+	if err != nil {
+		c.t.Fatalf("pull %s into containerd: %v", ref, err)
+	}
+}
+
+// call calls f with a connection to containerd and a deadline.
+func (c *Containerd) call(f func(context.Context, *grpc.ClientConn) error) error {
+	conn, err := grpc.NewClient(c.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return f(ctx, conn)
 }
 
 // HostsTOML writes CertsDir/<host>/hosts.toml so that pulls from host go to server, for example
@@ -245,20 +332,49 @@ func ContainerdBinaries(t T) map[string]string {
 	} else {
 		missing = append(missing, fmt.Sprintf("containerd 1.6 not found at %s: install Debian's containerd package (apt-get install containerd) or set PULLGATE_CONTAINERD1", v1))
 	}
-	v2 := os.Getenv("PULLGATE_CONTAINERD2")
-	if isExecutable(v2) {
+	if v2, err := Containerd2Binary(); err == nil {
 		bins["2.x"] = v2
 	} else {
-		missing = append(missing, fmt.Sprintf("containerd 2.x not found (PULLGATE_CONTAINERD2=%q): build it with `go install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@v2.4.2` and set PULLGATE_CONTAINERD2 to the binary", v2))
+		missing = append(missing, err.Error())
 	}
 	if len(missing) > 0 {
-		msg := strings.Join(missing, "; ")
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		failOrSkip(t, strings.Join(missing, "; "))
 	}
 	return bins
+}
+
+// Containerd2Binary returns $PULLGATE_CONTAINERD2, or why it is not usable.
+func Containerd2Binary() (string, error) {
+	v2 := os.Getenv("PULLGATE_CONTAINERD2")
+	if !isExecutable(v2) {
+		return "", fmt.Errorf("containerd 2.x not found (PULLGATE_CONTAINERD2=%q): build it with `go install -tags no_btrfs github.com/containerd/containerd/v2/cmd/containerd@v2.4.2` and set PULLGATE_CONTAINERD2 to the binary", v2)
+	}
+	return v2, nil
+}
+
+// podTools tells what running pods with the containerd binary bin lacks: its shim and runc.
+func podTools(bin string) error {
+	var missing []string
+	if shim := filepath.Join(filepath.Dir(bin), "containerd-shim-runc-v2"); !isExecutable(shim) {
+		missing = append(missing, fmt.Sprintf("%s not found: build it with `go install github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@VERSION` of containerd's version into the same directory (make e2e does)", shim))
+	}
+	if _, err := exec.LookPath("runc"); err != nil {
+		missing = append(missing, "runc not found: apt-get install runc")
+	}
+	if len(missing) > 0 {
+		return errors.New(strings.Join(missing, "; "))
+	}
+	return nil
+}
+
+// failOrSkip fails the test in CI (CI=true), where a missing real part is a defect, and skips it
+// elsewhere.
+func failOrSkip(t T, msg string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
 }
 
 func isExecutable(path string) bool {
@@ -356,15 +472,24 @@ var configV3 = template.Must(template.New("v3").Parse(`version = 3
 [plugins."io.containerd.transfer.v1.local"]
   [[plugins."io.containerd.transfer.v1.local".unpack_config]]
     platform = "{{.Platform}}"
-    snapshotter = "native"
+    snapshotter = "{{.Snapshotter}}"
     differ = "walking"
 
 [plugins."io.containerd.cri.v1.images"]
-  snapshotter = "native"
+  snapshotter = "{{.Snapshotter}}"
   [plugins."io.containerd.cri.v1.images".registry]
     config_path = "{{.CertsDir}}"
+{{- if .SandboxImage}}
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "{{.SandboxImage}}"
+{{- end}}
 
 [plugins."io.containerd.cri.v1.runtime"]
+{{- if .SandboxImage}}
+  # Without CAP_SYS_RESOURCE runc cannot lower a container's oom_score_adj below its own, and
+  # fails with "can't get final child's PID".
+  restrict_oom_score_adj = true
+{{- end}}
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{{.Dir}}/cni/bin"]
     conf_dir = "{{.Dir}}/cni/net.d"

@@ -1,0 +1,267 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/template"
+	"time"
+)
+
+// Kubelet is a real kubelet in standalone mode: no API server, static pods from ManifestDir.
+type Kubelet struct {
+	NodeName    string // static pod "P" in the manifests runs as pod "P-NodeName"
+	ManifestDir string // staticPodPath
+	RootDir     string // --root-dir; kubelet reads registry credentials from RootDir/config.json
+	LogsDir     string // podLogsDir: NAMESPACE_POD_UID/CONTAINER/N.log
+	URL         string // kubelet's HTTPS API, e.g. URL+"/containerLogs/NS/POD/CONTAINER"
+
+	t       T
+	dir     string
+	logPath string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+}
+
+// KubeletEndpoints are the CRI endpoints kubelet talks to, as in its KubeletConfiguration.
+type KubeletEndpoints struct {
+	Runtime string // containerRuntimeEndpoint
+	Image   string // imageServiceEndpoint
+}
+
+// kubeletStartTimeout bounds how long kubelet may take to answer /healthz.
+const kubeletStartTimeout = 60 * time.Second
+
+// KubeletBinary returns $PULLGATE_KUBELET (the Makefile builds it). A missing binary fails the
+// test in CI (CI=true) and skips it elsewhere.
+func KubeletBinary(t T) string {
+	t.Helper()
+	bin := os.Getenv("PULLGATE_KUBELET")
+	if !isExecutable(bin) {
+		failOrSkip(t, fmt.Sprintf("kubelet not found (PULLGATE_KUBELET=%q): build it with `make bin/kubelet-VERSION/kubelet` (make e2e does) and set PULLGATE_KUBELET to the binary", bin))
+	}
+	return bin
+}
+
+// StartKubelet starts kubelet with the given endpoints and waits until it answers /healthz.
+// credentials, if not empty, is written to RootDir/config.json, where kubelet reads registry
+// credentials from. kubelet is stopped when the test ends, and its log shown if the test failed;
+// its pods are left to containerd's cleanup.
+func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byte) *Kubelet {
+	t.Helper()
+	// Under /tmp, not t.TempDir: kubelet's sockets live under its root directory.
+	dir, err := os.MkdirTemp("/tmp", "pg-kubelet-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &Kubelet{
+		NodeName:    "node-" + randomHex(4),
+		ManifestDir: filepath.Join(dir, "manifests"),
+		RootDir:     filepath.Join(dir, "root"),
+		LogsDir:     filepath.Join(dir, "pods"),
+		t:           t,
+		dir:         dir,
+		logPath:     filepath.Join(dir, "kubelet.log"),
+		exited:      make(chan struct{}),
+	}
+	t.Cleanup(k.cleanup)
+	for _, d := range []string{k.ManifestDir, k.RootDir, k.LogsDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(credentials) > 0 {
+		if err := os.WriteFile(filepath.Join(k.RootDir, "config.json"), credentials, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.URL = fmt.Sprintf("https://127.0.0.1:%d", ports[0])
+	var cfg bytes.Buffer
+	if err := kubeletConfig.Execute(&cfg, map[string]any{
+		"K": k, "Endpoints": endpoints, "Port": ports[0], "HealthzPort": ports[1],
+	}); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := filepath.Join(dir, "kubelet.yaml")
+	if err := os.WriteFile(cfgPath, cfg.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	logFile, err := os.Create(k.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close() // the child has its own copy
+	// No --kubeconfig: standalone mode. -v=3 logs the events kubelet would send to the API server.
+	k.cmd = exec.Command(bin, "--config", cfgPath, "--root-dir", k.RootDir, "--cert-dir", filepath.Join(dir, "pki"),
+		"--hostname-override", k.NodeName, "-v=3")
+	k.cmd.Stdout, k.cmd.Stderr = logFile, logFile
+	k.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := k.cmd.Start(); err != nil {
+		t.Fatalf("start kubelet: %v", err)
+	}
+	go func() { _ = k.cmd.Wait(); close(k.exited) }()
+
+	healthz := fmt.Sprintf("http://127.0.0.1:%d/healthz", ports[1])
+	deadline := time.Now().Add(kubeletStartTimeout)
+	for {
+		if resp, err := http.Get(healthz); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return k
+			}
+		}
+		select {
+		case <-k.exited:
+			t.Fatalf("kubelet exited during start: %v", k.cmd.ProcessState)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubelet not healthy after %v", kubeletStartTimeout)
+		}
+	}
+}
+
+// WritePod writes a static pod manifest as ManifestDir/name.yaml; kubelet starts it.
+func (k *Kubelet) WritePod(name, manifest string) {
+	k.t.Helper()
+	// Written beside and renamed, so that kubelet never reads half a file (it ignores dot files).
+	tmp := filepath.Join(k.ManifestDir, "."+name+".yaml")
+	if err := os.WriteFile(tmp, []byte(manifest), 0o644); err != nil {
+		k.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(k.ManifestDir, name+".yaml")); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+// DeletePod removes the manifest that WritePod wrote, if it is there; kubelet stops the pod.
+func (k *Kubelet) DeletePod(name string) {
+	k.t.Helper()
+	if err := os.Remove(filepath.Join(k.ManifestDir, name+".yaml")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		k.t.Fatal(err)
+	}
+}
+
+// Log returns what kubelet logged so far.
+func (k *Kubelet) Log() string {
+	b, err := os.ReadFile(k.logPath)
+	if err != nil {
+		k.t.Fatal(err)
+	}
+	return string(b)
+}
+
+// LogLine returns the first line kubelet logged for which match is true, if there is one.
+func (k *Kubelet) LogLine(match func(line string) bool) (string, bool) {
+	sc := bufio.NewScanner(strings.NewReader(k.Log()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if match(sc.Text()) {
+			return sc.Text(), true
+		}
+	}
+	return "", false
+}
+
+// Get GETs path from kubelet's API, as the API server does for `kubectl logs`.
+func (k *Kubelet) Get(path string) (string, error) {
+	// kubelet serves with the self-signed certificate it made at start.
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := c.Get(k.URL + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("GET %s: %s: %s", path, resp.Status, b)
+	}
+	return string(b), nil
+}
+
+func (k *Kubelet) cleanup() {
+	if k.cmd != nil && k.cmd.Process != nil {
+		_ = k.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-k.exited:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-k.cmd.Process.Pid, syscall.SIGKILL)
+			<-k.exited
+		}
+	}
+	if k.t.Failed() {
+		if b, err := os.ReadFile(k.logPath); err == nil {
+			k.t.Logf("kubelet log (%s):\n%s", k.logPath, tail(b, 256<<10))
+		}
+	}
+	// kubelet makes its root directory a shared bind mount of itself.
+	unmountUnder(k.dir)
+	if err := os.RemoveAll(k.dir); err != nil {
+		k.t.Errorf("remove kubelet dir: %v", err)
+	}
+}
+
+// freePorts returns n loopback TCP ports that were free a moment ago.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close() // held until all are chosen, so that they differ
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+// kubeletConfig is a KubeletConfiguration for a test node: loopback only, anonymous access to its
+// API, no image garbage collection or eviction to disturb the tests, and the settings that a
+// cgroup v1 machine whose root lacks CAP_SYS_RESOURCE needs.
+var kubeletConfig = template.Must(template.New("kubelet").Parse(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+staticPodPath: {{.K.ManifestDir}}
+podLogsDir: {{.K.LogsDir}}
+fileCheckFrequency: 1s
+syncFrequency: 10s
+address: 127.0.0.1
+port: {{.Port}}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: {{.HealthzPort}}
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization:
+  mode: AlwaysAllow
+containerRuntimeEndpoint: {{.Endpoints.Runtime}}
+imageServiceEndpoint: {{.Endpoints.Image}}
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+localStorageCapacityIsolation: false
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {memory.available: "1Mi", nodefs.available: "1%", imagefs.available: "1%"}
+`))
