@@ -66,7 +66,9 @@ type Verification struct {
 }
 
 // PresentImages reports whether images already in the runtime's store are checked.
-func (v Verification) PresentImages() bool { return v.VerifyPresentImages == nil || *v.VerifyPresentImages }
+func (v Verification) PresentImages() bool {
+	return v.VerifyPresentImages == nil || *v.VerifyPresentImages
+}
 
 // Duration reads "30s", "24h" and the like. A value that is not a duration is kept as a problem
 // for Validate to report with the field's path, together with every other problem; a decoding
