@@ -99,7 +99,7 @@ func (v *Verifier) known(ctx context.Context, p *Policy, r *rule, img Image, dg 
 // persist stores d, and the evidence it was made on when ev is not nil. A failure to store is
 // logged, not returned: the decision stands, and the image is verified again when next used.
 func (v *Verifier) persist(r *rule, img Image, dg digest.Digest, d Decision, ev *state.Evidence) {
-	if v.state == nil {
+	if v.state == nil || v.state.ReadOnly() {
 		return
 	}
 	sd := state.Decision{RuleHash: r.hash, Rule: r.name, Mode: string(r.mode), Verified: d.verified(), Reason: d.Reason, At: v.now().UTC()}

@@ -34,6 +34,7 @@ func serve(args []string) error {
 	configPath := fs.String("config", config.DefaultPath, "configuration file")
 	listen := fs.String("listen", "", "override listen: unix:///path.sock")
 	runtimeEndpoint := fs.String("runtime-endpoint", "", "override runtimeEndpoint: unix:///path.sock")
+	stateDir := fs.String("state-dir", "", "override stateDir")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -51,6 +52,9 @@ func serve(args []string) error {
 		}
 		if *runtimeEndpoint != "" {
 			c.RuntimeEndpoint = *runtimeEndpoint
+		}
+		if *stateDir != "" {
+			c.StateDir = *stateDir
 		}
 		if err := c.Validate(); err != nil {
 			return config.Config{}, fmt.Errorf("%s: %w", *configPath, err)

@@ -131,6 +131,9 @@ func Open(dir string, opts ...Option) (*Store, error) {
 	return s, nil
 }
 
+// ReadOnly reports whether the store was opened for reading only.
+func (s *Store) ReadOnly() bool { return s.readOnly }
+
 // Path is the state file.
 func (s *Store) Path() string { return s.path }
 
