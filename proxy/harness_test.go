@@ -148,6 +148,10 @@ func (f *fakeRuntime) PullImage(ctx context.Context, req *runtimeapi.PullImageRe
 	return answer[*runtimeapi.PullImageResponse](ctx, f, "PullImage", req)
 }
 
+func (f *fakeRuntime) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	return answer[*runtimeapi.CreateContainerResponse](ctx, f, "CreateContainer", req)
+}
+
 func (f *fakeRuntime) Version(ctx context.Context, req *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
 	return answer[*runtimeapi.VersionResponse](ctx, f, "Version", req)
 }
@@ -247,12 +251,15 @@ func (r *fakeResolver) seen() []resolveCall {
 	return slices.Clone(r.calls)
 }
 
-// fakeVerifier allows everything under rule "test-rule" unless decide says otherwise.
+// fakeVerifier allows everything under rule "test-rule" unless decide (for pulls) or known
+// (for images in the store) says otherwise.
 type fakeVerifier struct {
 	decide func(verify.Request) (verify.Decision, error)
+	known  func(verify.Request) (verify.Decision, error)
 
-	mu   sync.Mutex
-	reqs []verify.Request
+	mu     sync.Mutex
+	reqs   []verify.Request
+	stored []verify.Request
 }
 
 var _ proxy.Verifier = (*fakeVerifier)(nil)
@@ -265,6 +272,23 @@ func (v *fakeVerifier) Verify(_ context.Context, req verify.Request) (verify.Dec
 		return v.decide(req)
 	}
 	return verify.Decision{Allowed: true, Rule: "test-rule"}, nil
+}
+
+func (v *fakeVerifier) Known(_ context.Context, req verify.Request) (verify.Decision, error) {
+	v.mu.Lock()
+	v.stored = append(v.stored, req)
+	v.mu.Unlock()
+	if v.known != nil {
+		return v.known(req)
+	}
+	return verify.Decision{Allowed: true, Rule: "test-rule"}, nil
+}
+
+// seenKnown returns the requests Known was asked.
+func (v *fakeVerifier) seenKnown() []verify.Request {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Clone(v.stored)
 }
 
 func (v *fakeVerifier) seen() []verify.Request {

@@ -18,6 +18,8 @@ type Metrics struct {
 	// verification times checks of signatures that were not cached; cacheHits counts the rest.
 	verification prometheus.Histogram
 	cacheHits    prometheus.Counter
+	// stored counts the checks of images already in the store.
+	stored *prometheus.CounterVec
 	// UpstreamUp is 1 while the runtime answers.
 	UpstreamUp prometheus.Gauge
 }
@@ -47,12 +49,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pullgate_cache_hits_total",
 			Help: "Pull decisions answered from the verification cache.",
 		}),
+		stored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_present_image_checks_total",
+			Help: "Checks of images already in the runtime's store, by method (ImageStatus, CreateContainer), verdict (present, hidden, allowed, denied) and deciding rule.",
+		}, []string{"method", "verdict", "rule"}),
 		UpstreamUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pullgate_upstream_up",
 			Help: "1 when the runtime answered the last readiness check, else 0.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.durations, m.decisions, m.verification, m.cacheHits, m.UpstreamUp)
+	reg.MustRegister(m.requests, m.durations, m.decisions, m.verification, m.cacheHits, m.stored, m.UpstreamUp)
 	return m
 }
 

@@ -5,6 +5,7 @@ package proxy
 import (
 	"context"
 	"log/slog"
+	"slices"
 
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -24,8 +25,12 @@ type Keyring interface {
 	Lookup(image string) ([]auth.Credential, error)
 }
 
-// Verifier decides whether a digest may be pulled.
-type Verifier = verify.Decider
+// Verifier decides whether a digest may be pulled and, from what the node knows without asking
+// the registry, whether an image already in the runtime's store may be used.
+type Verifier interface {
+	verify.Decider
+	Known(ctx context.Context, req verify.Request) (verify.Decision, error)
+}
 
 // Tagger records name -> the image the runtime stored for pinned, in the runtime's image store.
 type Tagger interface {
@@ -39,16 +44,19 @@ type ImagePuller interface {
 
 // Proxy is the CRI server in front of the runtime.
 type Proxy struct {
-	upstream grpc.ClientConnInterface
-	images   ImagePuller
-	resolver Resolver
-	verifier func() Verifier
-	tagger   Tagger
+	upstream    grpc.ClientConnInterface
+	images      ImagePuller
+	imageClient runtimeapi.ImageServiceClient
+	resolver    Resolver
+	verifier    func() Verifier
+	tagger      Tagger
 
 	keyring         Keyring
 	nodeCredentials bool
-	logger          *slog.Logger
-	metrics         *Metrics
+	// gate checks images already in the store at ImageStatus and CreateContainer.
+	gate    bool
+	logger  *slog.Logger
+	metrics *Metrics
 }
 
 // Option configures a Proxy.
@@ -58,6 +66,12 @@ type Option func(*Proxy)
 func WithKeyring(k Keyring) Option {
 	return func(p *Proxy) { p.keyring = k; p.nodeCredentials = k != nil }
 }
+
+// WithPresentImageChecks checks images already in the runtime's store, however they got there:
+// ImageStatus reports an image absent unless the policy allows its digest in every namespace,
+// so that kubelet pulls it through pullgate, and CreateContainer refuses a container whose
+// image the pod's rule does not allow.
+func WithPresentImageChecks() Option { return func(p *Proxy) { p.gate = true } }
 
 // WithLogger sets the logger for decisions.
 func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.logger = l } }
@@ -69,12 +83,13 @@ func WithMetrics(m *Metrics) Option { return func(p *Proxy) { p.metrics = m } }
 // reloaded policy applies to the next pull.
 func New(upstream grpc.ClientConnInterface, resolver Resolver, verifier func() Verifier, tagger Tagger, opts ...Option) *Proxy {
 	p := &Proxy{
-		upstream: upstream,
-		images:   runtimeapi.NewImageServiceClient(upstream),
-		resolver: resolver,
-		verifier: verifier,
-		tagger:   tagger,
-		logger:   slog.Default(),
+		upstream:    upstream,
+		images:      runtimeapi.NewImageServiceClient(upstream),
+		imageClient: runtimeapi.NewImageServiceClient(upstream),
+		resolver:    resolver,
+		verifier:    verifier,
+		tagger:      tagger,
+		logger:      slog.Default(),
 	}
 	for _, o := range opts {
 		o(p)
@@ -100,7 +115,19 @@ func (p *Proxy) ServerOptions() []grpc.ServerOption {
 // Register adds the intercepted methods to s. Every other method of every service reaches
 // the runtime through the unknown-service handler.
 func (p *Proxy) Register(s *grpc.Server) {
-	s.RegisterService(&imageServiceDesc, p)
+	images := imageServiceDesc
+	if !p.gate {
+		s.RegisterService(&images, p)
+		return
+	}
+	images.Methods = append(slices.Clone(images.Methods), rawMethod("ImageStatus", p.imageStatus, images.ServiceName))
+	s.RegisterService(&images, p)
+	s.RegisterService(&grpc.ServiceDesc{
+		ServiceName: "runtime.v1.RuntimeService",
+		HandlerType: (*any)(nil),
+		Methods:     []grpc.MethodDesc{rawMethod("CreateContainer", p.createContainer, "runtime.v1.RuntimeService")},
+		Metadata:    "api.proto",
+	}, p)
 }
 
 type pullServer interface {

@@ -24,6 +24,9 @@ type Request struct {
 	Namespace string
 	// Credential is the one the pull uses; signatures are fetched with it too.
 	Credential auth.Credential
+	// AllNamespaces asks Known for a decision that holds in every namespace, for callers that
+	// name none.
+	AllNamespaces bool
 }
 
 // Decision is the outcome for one digest.
@@ -40,6 +43,11 @@ type Decision struct {
 	// Cached is set when the decision came from the verification cache, Shared when it came
 	// from a verification another pull of the same digest was running.
 	Cached, Shared bool
+	// Stored is set when the decision came from the node's state: a decision stored earlier,
+	// or stored evidence checked again.
+	Stored bool
+	// Unknown is set by Known when the digest was never verified on this node under the rule.
+	Unknown bool
 }
 
 // AuthorityResult is one authority's verdict on an image's signatures.

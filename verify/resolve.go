@@ -189,7 +189,7 @@ func (r *Resolver) transport(ctx context.Context, ep hosts.Endpoint, reg name.Re
 	}
 	r.mu.Unlock()
 
-	inner := transport.NewRetry(budgetTransport{r.base(ep)}, transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests,
+	inner := transport.NewRetry(recordTransport{budgetTransport{r.base(ep)}}, transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests,
 		http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout))
 	if ep.Scheme == "https" {
 		inner = httpsOnly{inner}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 
 	"github.com/pullgate/pullgate/verify/auth"
+	"github.com/pullgate/pullgate/verify/state"
 )
 
 // failureTTL is how long a denial is remembered: long enough to absorb kubelet's retries of
@@ -35,12 +37,28 @@ type Registry interface {
 type Verifier struct {
 	policy   atomic.Pointer[Policy]
 	registry Registry
+	state    *state.Store
+	logger   *slog.Logger
 	now      func() time.Time
 
 	flight flight[cacheKey, Decision]
-	mu     sync.Mutex
-	cache  map[cacheKey]cached
+	// offline shares re-checks from stored evidence; kept apart from flight, so that a pull
+	// never takes an offline answer for an online one.
+	offline flight[cacheKey, Decision]
+	mu      sync.Mutex
+	cache   map[cacheKey]cached
 }
+
+// VerifierOption configures a Verifier.
+type VerifierOption func(*Verifier)
+
+// WithState keeps every decision, and the registry answers it was made on, in s: images already
+// on the node are then judged by Known after a restart, a policy change or while the registry
+// is down.
+func WithState(s *state.Store) VerifierOption { return func(v *Verifier) { v.state = s } }
+
+// WithVerifierLogger sets where trouble with the state is reported.
+func WithVerifierLogger(l *slog.Logger) VerifierOption { return func(v *Verifier) { v.logger = l } }
 
 type cacheKey struct {
 	image, digest, rule string
@@ -52,8 +70,11 @@ type cached struct {
 }
 
 // NewVerifier returns a verifier for p that fetches signatures through r.
-func NewVerifier(p *Policy, r Registry) *Verifier {
-	v := &Verifier{registry: r, now: time.Now, cache: map[cacheKey]cached{}}
+func NewVerifier(p *Policy, r Registry, opts ...VerifierOption) *Verifier {
+	v := &Verifier{registry: r, logger: slog.Default(), now: time.Now, cache: map[cacheKey]cached{}}
+	for _, o := range opts {
+		o(v)
+	}
 	v.policy.Store(p)
 	return v
 }
@@ -67,10 +88,7 @@ func (v *Verifier) Verify(ctx context.Context, req Request) (Decision, error) {
 	p := v.policy.Load()
 	r := p.match(req.Image, req.Namespace)
 	if r == nil {
-		if p.defaultAction == Allow {
-			return Decision{Allowed: true, Rule: DefaultRule}, nil
-		}
-		return Decision{Rule: DefaultRule, Reason: fmt.Sprintf("no policy matches %s and defaultAction is %s; add a policy for it or set defaultAction: allow", req.Image.Name(), Deny)}, nil
+		return p.unmatched(req.Image), nil
 	}
 	if r.mode == Skip {
 		return Decision{Allowed: true, Rule: r.name, Mode: Skip}, nil
@@ -82,16 +100,31 @@ func (v *Verifier) Verify(ctx context.Context, req Request) (Decision, error) {
 	d, shared, err := v.flight.Do(ctx, key, func(ctx context.Context) (Decision, error) {
 		ctx, cancel := context.WithTimeout(ctx, p.settings.Timeout)
 		defer cancel()
-		d, err := v.check(ctx, p.settings, r, req)
+		var rec *evidenceRecorder
+		if v.state != nil {
+			rec = new(evidenceRecorder)
+		}
+		d, repo, err := v.check(withRecorder(ctx, rec), p.settings, r, req, v.registry)
 		if err == nil {
 			ttl := p.settings.CacheTTL
 			if !d.verified() {
 				ttl = min(ttl, failureTTL)
 			}
 			v.store(key, d, ttl)
+			if rec != nil {
+				v.persist(r, req.Image, req.Digest, d, rec.evidence(repo))
+			}
 		}
 		return d, err
 	})
+	if err != nil && v.state != nil && unavailableErr(err) {
+		// Last known good: a digest verified before, under this very rule or by its stored
+		// evidence, stays usable while its registry is down. New digests still fail closed.
+		if kd, kerr := v.known(ctx, p, r, req.Image, req.Digest); kerr == nil && kd.verified() {
+			v.logger.Warn("registry unavailable; allowed by the decision stored for this digest", "image", req.Image.Name(), "digest", req.Digest, "rule", r.name, "error", err)
+			return kd, nil
+		}
+	}
 	if err != nil && r.mode == Warn {
 		return Decision{Allowed: true, Rule: r.name, Mode: Warn, Reason: "could not verify: " + err.Error(), Shared: shared}, nil
 	}
@@ -137,16 +170,17 @@ func (v *Verifier) store(key cacheKey, d Decision, ttl time.Duration) {
 }
 
 // check verifies the rule's authorities and attestations against req's digest.
-func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request) (Decision, error) {
+// It returns the repository the signatures were read from, which names the evidence.
+func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request, reg Registry) (Decision, name.Repository, error) {
 	d := Decision{Rule: r.name, Mode: r.mode}
 	ctx = withBudget(ctx, s.MaxBytes)
-	repo, ropts, err := v.registry.Repository(ctx, req.Image, req.Credential)
+	repo, ropts, err := reg.Repository(ctx, req.Image, req.Credential)
 	if err != nil {
-		return d, err
+		return d, repo, err
 	}
 	h, err := v1.NewHash(req.Digest.String())
 	if err != nil {
-		return d, err
+		return d, repo, err
 	}
 	c := &checker{r: r, s: s, img: req.Image, repo: repo, ropts: ropts, refs: map[v1.Hash]*referrers{}, opts: []ociremote.Option{
 		ociremote.WithRemoteOptions(ropts...),
@@ -154,23 +188,26 @@ func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request) 
 		ociremote.WithTargetRepository(repo),
 	}}
 	reasons, err := c.verify(ctx, h)
+	if err == nil && ctx.Value(recorderKey{}) != nil {
+		c.complete(ctx, h)
+	}
 	var de *denial
 	switch {
 	case errors.As(err, &de):
 		reasons = []string{de.msg}
 	case err != nil:
-		return d, err
+		return d, repo, err
 	}
 	d.Authorities = c.results
 	if err := ctx.Err(); err != nil {
-		return d, fmt.Errorf("verify %s@%s: %w", req.Image.Name(), req.Digest, err)
+		return d, repo, fmt.Errorf("verify %s@%s: %w", req.Image.Name(), req.Digest, err)
 	}
 	if len(reasons) > 0 {
 		d.Reason, d.Allowed = strings.Join(reasons, "; "), r.mode == Warn
-		return d, nil
+		return d, repo, nil
 	}
 	d.Allowed = true
-	return d, nil
+	return d, repo, nil
 }
 
 // checker verifies one image against one rule.
@@ -185,6 +222,8 @@ type checker struct {
 	refs map[v1.Hash]*referrers
 	// results are the authorities' findings on the digest that decided.
 	results []AuthorityResult
+	// attsFetched is set once the .att tag was read.
+	attsFetched bool
 }
 
 // verify returns what failed for the image at h: nothing when a signature from one of the
@@ -218,7 +257,7 @@ func (c *checker) verify(ctx context.Context, h v1.Hash) ([]string, error) {
 	if len(c.r.attestations) == 0 {
 		return nil, nil
 	}
-	atts, err := fetch(c.repo.Digest(h.String()), ociremote.AttestationTag, c.s.MaxSignatures, c.opts)
+	atts, err := c.attestations(h)
 	if err != nil {
 		return nil, c.fetchError("attestations", err)
 	}
@@ -264,6 +303,25 @@ func (c *checker) authorities(ctx context.Context, h v1.Hash) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// attestations returns the attestations stored under h's .att tag.
+func (c *checker) attestations(h v1.Hash) ([]oci.Signature, error) {
+	c.attsFetched = true
+	return fetch(c.repo.Digest(h.String()), ociremote.AttestationTag, c.s.MaxSignatures, c.opts)
+}
+
+// complete reads what this check did not need, the sigstore bundles and attestations, so that
+// the evidence stored can settle a changed rule (another authority, a new attestation) offline.
+// A failure here only leaves the evidence shorter.
+func (c *checker) complete(ctx context.Context, h v1.Hash) {
+	if ctx.Err() != nil {
+		return
+	}
+	c.bundles(h)
+	if !c.attsFetched {
+		c.attestations(h)
+	}
 }
 
 // bundles returns the sigstore bundles that refer to h.

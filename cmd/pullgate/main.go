@@ -19,6 +19,7 @@ const usage = `usage: pullgate <command> [flags]
 commands:
   serve          serve the CRI on a Unix socket in front of the runtime
   verify         check an image against the policy without a runtime (exit 0 allowed, 1 denied, 2 undecided)
+  audit          list the runtime's images with their decision under the policy (allowed, warned, denied, unknown)
   check-config   validate a configuration file and report every problem
   version        print the version
 `
@@ -34,6 +35,8 @@ func main() {
 		err = serve(args)
 	case "verify":
 		os.Exit(verifyImage(args, os.Stdout))
+	case "audit":
+		err = audit(args, os.Stdout)
 	case "check-config":
 		err = checkConfig(args)
 	case "version", "--version":

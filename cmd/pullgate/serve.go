@@ -26,6 +26,7 @@ import (
 	"github.com/pullgate/pullgate/verify"
 	"github.com/pullgate/pullgate/verify/auth"
 	"github.com/pullgate/pullgate/verify/hosts"
+	"github.com/pullgate/pullgate/verify/state"
 )
 
 func serve(args []string) error {
@@ -33,6 +34,7 @@ func serve(args []string) error {
 	configPath := fs.String("config", config.DefaultPath, "configuration file")
 	listen := fs.String("listen", "", "override listen: unix:///path.sock")
 	runtimeEndpoint := fs.String("runtime-endpoint", "", "override runtimeEndpoint: unix:///path.sock")
+	stateDir := fs.String("state-dir", "", "override stateDir")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -50,6 +52,9 @@ func serve(args []string) error {
 		}
 		if *runtimeEndpoint != "" {
 			c.RuntimeEndpoint = *runtimeEndpoint
+		}
+		if *stateDir != "" {
+			c.StateDir = *stateDir
 		}
 		if err := c.Validate(); err != nil {
 			return config.Config{}, fmt.Errorf("%s: %w", *configPath, err)
@@ -91,7 +96,14 @@ func serve(args []string) error {
 	if cfg.Auth.NodeCredentials == "fallback" {
 		opts = append(opts, proxy.WithKeyring(auth.NewKeyring(cfg.Auth.Files)))
 	}
-	verifier := verify.NewVerifier(policy, resolver)
+	if cfg.Verification.PresentImages() {
+		opts = append(opts, proxy.WithPresentImageChecks())
+	}
+	st, err := state.Open(cfg.StateDir, state.WithLogger(logger))
+	if err != nil {
+		return err
+	}
+	verifier := verify.NewVerifier(policy, resolver, verify.WithState(st), verify.WithVerifierLogger(logger))
 	p := proxy.New(conn, resolver, func() proxy.Verifier { return verifier }, store, opts...)
 
 	lis, err := listener(cfg.Listen)
@@ -163,8 +175,9 @@ func reload(logger *slog.Logger, load func() (config.Config, error), running con
 	verifier.SetPolicy(policy)
 	level.Set(parseLevel(cfg.Log.Level))
 	if cfg.Listen != running.Listen || cfg.RuntimeEndpoint != running.RuntimeEndpoint || cfg.MetricsAddress != running.MetricsAddress ||
-		cfg.RegistryConfigPath != running.RegistryConfigPath || cfg.ContainerdNamespace != running.ContainerdNamespace {
-		logger.Warn("configuration reloaded; listen, runtimeEndpoint, metricsAddress, registryConfigPath and containerdNamespace take effect on restart")
+		cfg.RegistryConfigPath != running.RegistryConfigPath || cfg.ContainerdNamespace != running.ContainerdNamespace ||
+		cfg.StateDir != running.StateDir || cfg.Verification.PresentImages() != running.Verification.PresentImages() {
+		logger.Warn("configuration reloaded; listen, runtimeEndpoint, metricsAddress, registryConfigPath, containerdNamespace, stateDir and verification.verifyPresentImages take effect on restart")
 	}
 	logger.Info("configuration reloaded", "defaultAction", cfg.DefaultAction, "policies", len(cfg.Policies))
 }

@@ -60,6 +60,14 @@ type Verification struct {
 	// pull is denied.
 	MaxSignatures int   `json:"maxSignatures"`
 	MaxBytes      int64 `json:"maxBytes"`
+	// VerifyPresentImages checks images already in the runtime's store at ImageStatus and
+	// CreateContainer; on unless set to false.
+	VerifyPresentImages *bool `json:"verifyPresentImages,omitempty"`
+}
+
+// PresentImages reports whether images already in the runtime's store are checked.
+func (v Verification) PresentImages() bool {
+	return v.VerifyPresentImages == nil || *v.VerifyPresentImages
 }
 
 // Duration reads "30s", "24h" and the like. A value that is not a duration is kept as a problem

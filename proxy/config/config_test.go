@@ -351,3 +351,25 @@ func TestLoad(t *testing.T) {
 		t.Errorf("Load(absent) error = %v, want os.ErrNotExist", err)
 	}
 }
+
+func TestVerifyPresentImages(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name, yaml string
+		want       bool
+	}{
+		{"default", "", true},
+		{"on", "verification: {verifyPresentImages: true}", true},
+		{"off", "verification: {verifyPresentImages: false}", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse([]byte("apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\n" + tt.yaml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Verification.PresentImages(); got != tt.want {
+				t.Errorf("PresentImages() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

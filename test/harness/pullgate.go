@@ -63,8 +63,10 @@ func PullgateBinary(t T) string {
 }
 
 // StartPullgate runs `pullgate serve` with config (YAML) and waits until it accepts connections.
-// It is stopped with SIGTERM when the test ends; its log is shown if the test failed.
-func StartPullgate(t T, bin, config string) *Pullgate {
+// Its state is kept in a directory of its own unless args (added to the command line) name
+// another with --state-dir. It is stopped with SIGTERM when the test ends; its log is shown if
+// the test failed.
+func StartPullgate(t T, bin, config string, args ...string) *Pullgate {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "pg-gate-")
 	if err != nil {
@@ -76,7 +78,7 @@ func StartPullgate(t T, bin, config string) *Pullgate {
 	if err := os.WriteFile(p.ConfigPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(bin, "serve", "--config", p.ConfigPath, "--listen", p.Endpoint)
+	p.cmd = exec.Command(bin, append([]string{"serve", "--config", p.ConfigPath, "--listen", p.Endpoint, "--state-dir", filepath.Join(dir, "state")}, args...)...)
 	p.cmd.Stdout = p.logs
 	p.cmd.Stderr = p.logs
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

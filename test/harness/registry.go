@@ -42,6 +42,7 @@ type Registry struct {
 	tokens   map[string]bool
 	requests Requests
 	onServe  func(*http.Request)
+	down     bool
 }
 
 // Requests counts what the registry was asked. Requests made by the harness's own push helpers
@@ -100,7 +101,7 @@ func StartRegistry(t T, opts ...RegistryOption) *Registry {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/token", r.serveToken)
 	mux.Handle("/v2/", r.authenticate(upstream))
-	srv := httptest.NewServer(mux) // listens on 127.0.0.1:0
+	srv := httptest.NewServer(r.outage(mux)) // listens on 127.0.0.1:0
 	t.Cleanup(srv.Close)
 	r.URL = srv.URL
 	r.Host = strings.TrimPrefix(srv.URL, "http://")
@@ -125,6 +126,29 @@ func (r *Registry) OnServe(f func(*http.Request)) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.onServe = f
+}
+
+// SetDown makes the registry drop every connection, as a registry that is stopped or out of
+// reach does, until SetDown(false). The push helpers still reach it.
+func (r *Registry) SetDown(down bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.down = down
+}
+
+func (r *Registry) outage(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		down := r.down
+		r.mu.Unlock()
+		if down && req.Header.Get(setupHeader) == "" {
+			if conn, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				conn.Close()
+			}
+			return
+		}
+		next.ServeHTTP(w, req)
+	})
 }
 
 // Reset sets all counters to zero.

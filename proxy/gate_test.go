@@ -1,0 +1,210 @@
+package proxy_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/pullgate/pullgate/proxy"
+	"github.com/pullgate/pullgate/verify"
+)
+
+const storeRepo = "registry.example.com/apps/web"
+
+// storedImage is what containerd's ImageStatus says of an image pulled as storeRepo:v1.
+func storedImage() *runtimeapi.ImageStatusResponse {
+	return &runtimeapi.ImageStatusResponse{Image: &runtimeapi.Image{
+		Id:          imageID,
+		RepoTags:    []string{storeRepo + ":v1"},
+		RepoDigests: []string{storeRepo + "@" + tagDigest.String(), "registry.example.com/mirror/web@" + pinDigest.String()},
+		Size:        1234,
+	}, Info: map[string]string{"info": "{}"}}
+}
+
+// refuse is a verifier's answer for an image never verified on the node.
+func refuse(req verify.Request) (verify.Decision, error) {
+	return verify.Decision{Rule: "apps", Unknown: true, Reason: "never verified on this node"}, nil
+}
+
+func TestImageStatusGate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		gate  bool
+		ref   string
+		known func(verify.Request) (verify.Decision, error)
+		// present is whether the runtime's answer comes through.
+		present bool
+		// asked is what the verifier is asked, as image@digest; nil: nothing.
+		asked []string
+	}{
+		{name: "gate off", ref: storeRepo + ":v1", known: refuse, present: true},
+		{name: "verified", gate: true, ref: storeRepo + ":v1", present: true, asked: []string{storeRepo + "@" + tagDigest.String()}},
+		{name: "not verified", gate: true, ref: storeRepo + ":v1", known: refuse, asked: []string{storeRepo + "@" + tagDigest.String()}},
+		{name: "state unreadable", gate: true, ref: storeRepo + ":v1", known: func(verify.Request) (verify.Decision, error) {
+			return verify.Decision{}, errors.New("disk on fire")
+		}, asked: []string{storeRepo + "@" + tagDigest.String()}},
+		{name: "pinned by a digest the store holds", gate: true, ref: "registry.example.com/mirror/web@" + pinDigest.String(), present: true, asked: []string{"registry.example.com/mirror/web@" + pinDigest.String()}},
+		{name: "a name the store holds no digest for", gate: true, ref: "registry.example.com/other/web:v1", known: refuse, asked: []string{"registry.example.com/other/web@"}},
+		{name: "by image ID", gate: true, ref: imageID, known: refuse, present: true},
+		{name: "by bare image ID", gate: true, ref: strings.TrimPrefix(imageID, "sha256:"), known: refuse, present: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var opts []proxy.Option
+			if tt.gate {
+				opts = append(opts, proxy.WithPresentImageChecks())
+			}
+			e := start(t, setup{
+				runtime:  &fakeRuntime{replies: map[string]proto.Message{"ImageStatus": storedImage()}},
+				verifier: &fakeVerifier{known: tt.known},
+				opts:     opts,
+			})
+			img, err := e.images(t).ImageStatus(t.Context(), &runtimeapi.ImageSpec{Image: tt.ref}, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.present {
+				if !proto.Equal(img, storedImage()) {
+					t.Errorf("ImageStatus = %v, want the runtime's answer unchanged", img)
+				}
+			} else if img.GetImage() != nil || len(img.GetInfo()) != 0 {
+				t.Errorf("ImageStatus = %v, want the empty answer of a missing image", img)
+			}
+			var asked []string
+			for _, r := range e.verifier.seenKnown() {
+				if !r.AllNamespaces {
+					t.Errorf("Known asked for namespace %q, want every namespace", r.Namespace)
+				}
+				asked = append(asked, r.Image.Name()+"@"+r.Digest.String())
+			}
+			if strings.Join(asked, " ") != strings.Join(tt.asked, " ") {
+				t.Errorf("verifier asked %v, want %v", asked, tt.asked)
+			}
+		})
+	}
+}
+
+func TestImageStatusGateMissingImage(t *testing.T) {
+	t.Parallel()
+	e := start(t, setup{verifier: &fakeVerifier{known: refuse}, opts: []proxy.Option{proxy.WithPresentImageChecks()}})
+	img, err := e.images(t).ImageStatus(t.Context(), &runtimeapi.ImageSpec{Image: storeRepo + ":v1"}, false)
+	if err != nil || img.GetImage() != nil {
+		t.Fatalf("ImageStatus = %v, %v", img, err)
+	}
+	if n := len(e.verifier.seenKnown()); n != 0 {
+		t.Errorf("verifier asked %d times about an image the store does not hold", n)
+	}
+	// The runtime's errors pass through unchanged.
+	e.runtime.fail = func(string, proto.Message) error { return status.Error(codes.PermissionDenied, "runtime says no") }
+	_, err = runtimeapi.NewImageServiceClient(e.conn).ImageStatus(t.Context(), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: storeRepo + ":v1"}})
+	if status.Code(err) != codes.PermissionDenied || status.Convert(err).Message() != "runtime says no" {
+		t.Errorf("error = %v, want the runtime's", err)
+	}
+}
+
+func createRequest(image, userImage, namespace string) *runtimeapi.CreateContainerRequest {
+	sandbox := &runtimeapi.PodSandboxConfig{Metadata: &runtimeapi.PodSandboxMetadata{Name: "web-0", Namespace: namespace, Uid: "uid"}}
+	return &runtimeapi.CreateContainerRequest{
+		PodSandboxId: "sandbox-1",
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "web"},
+			Image:    &runtimeapi.ImageSpec{Image: image, UserSpecifiedImage: userImage},
+			Envs:     []*runtimeapi.KeyValue{{Key: "A", Value: []byte("b")}},
+		},
+		SandboxConfig: sandbox,
+	}
+}
+
+func TestCreateContainerGate(t *testing.T) {
+	t.Parallel()
+	// onlyFor allows the one image@digest in the one namespace.
+	onlyFor := func(image string, dg digest.Digest, ns string) func(verify.Request) (verify.Decision, error) {
+		return func(r verify.Request) (verify.Decision, error) {
+			if r.Image.Name() == image && r.Digest == dg && r.Namespace == ns {
+				return verify.Decision{Allowed: true, Rule: "apps"}, nil
+			}
+			return verify.Decision{Rule: "apps", Reason: "never verified on this node"}, nil
+		}
+	}
+	tests := []struct {
+		name      string
+		req       *runtimeapi.CreateContainerRequest
+		known     func(verify.Request) (verify.Decision, error)
+		allowed   bool
+		wantError string
+	}{
+		{name: "verified for the pod's namespace", req: createRequest(imageID, storeRepo+":v1", "prod"), known: onlyFor(storeRepo, tagDigest, "prod"), allowed: true},
+		{name: "verified for another namespace only", req: createRequest(imageID, storeRepo+":v1", "dev"), known: onlyFor(storeRepo, tagDigest, "prod"),
+			wantError: "SignatureValidationFailed: pullgate: " + storeRepo + "@" + tagDigest.String() + ` denied by policy "apps": never verified on this node`},
+		{name: "the pod's name decides, not another name of the same image", req: createRequest(imageID, storeRepo+":v1", "prod"), known: onlyFor("registry.example.com/mirror/web", pinDigest, "prod"),
+			wantError: "SignatureValidationFailed: pullgate: " + storeRepo + "@" + tagDigest.String()},
+		{name: "without the pod's name, any name of the image", req: createRequest(imageID, "", "prod"), known: onlyFor("registry.example.com/mirror/web", pinDigest, "prod"), allowed: true},
+		{name: "unparsable name", req: createRequest(imageID, "apps/UPPER", "prod"), wantError: "pullgate: container image \"apps/UPPER\""},
+		{name: "state unreadable", req: createRequest(imageID, storeRepo+":v1", "prod"), known: func(verify.Request) (verify.Decision, error) {
+			return verify.Decision{}, errors.New("disk on fire")
+		}, wantError: "SignatureValidationFailed: pullgate: " + imageID + " could not be checked: disk on fire"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := start(t, setup{
+				runtime:  &fakeRuntime{replies: map[string]proto.Message{"ImageStatus": storedImage(), "CreateContainer": &runtimeapi.CreateContainerResponse{ContainerId: "c-1"}}},
+				verifier: &fakeVerifier{known: tt.known},
+				opts:     []proxy.Option{proxy.WithPresentImageChecks()},
+			})
+			resp, err := e.runtimeClient().CreateContainer(t.Context(), tt.req)
+			created := e.runtime.callsTo("CreateContainer")
+			if tt.allowed {
+				if err != nil || resp.GetContainerId() != "c-1" {
+					t.Fatalf("CreateContainer = %v, %v; want the runtime's answer", resp, err)
+				}
+				if len(created) != 1 || !proto.Equal(created[0].req, tt.req) {
+					t.Errorf("runtime saw %v, want the request unchanged", created)
+				}
+				return
+			}
+			if err == nil || !strings.HasPrefix(status.Convert(err).Message(), tt.wantError) {
+				t.Fatalf("CreateContainer error = %v, want %q", err, tt.wantError)
+			}
+			if strings.HasPrefix(tt.wantError, "SignatureValidationFailed") && status.Code(err) != codes.Unknown {
+				t.Errorf("code = %v, want Unknown, which kubelet reads the reason of", status.Code(err))
+			}
+			if len(created) != 0 {
+				t.Errorf("the runtime saw a refused CreateContainer")
+			}
+		})
+	}
+}
+
+func TestCreateContainerImageNotInStore(t *testing.T) {
+	t.Parallel()
+	e := start(t, setup{
+		runtime:  &fakeRuntime{replies: map[string]proto.Message{"CreateContainer": &runtimeapi.CreateContainerResponse{ContainerId: "c-1"}}},
+		verifier: &fakeVerifier{known: refuse},
+		opts:     []proxy.Option{proxy.WithPresentImageChecks()},
+	})
+	// The runtime answers for an image it does not hold, as it does without pullgate.
+	if _, err := e.runtimeClient().CreateContainer(context.Background(), createRequest(imageID, storeRepo+":v1", "prod")); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.verifier.seenKnown()); n != 0 {
+		t.Errorf("verifier asked %d times", n)
+	}
+	// Without the gate, CreateContainer is not looked at.
+	e = start(t, setup{verifier: &fakeVerifier{known: refuse}})
+	if _, err := e.runtimeClient().CreateContainer(context.Background(), createRequest(imageID, storeRepo+":v1", "prod")); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.runtime.callsTo("ImageStatus")); n != 0 {
+		t.Errorf("without the gate, CreateContainer asked the runtime %d times for ImageStatus", n)
+	}
+}

@@ -1,0 +1,367 @@
+// Package state keeps verification decisions, and the registry answers they were made on, in a
+// bbolt file under stateDir. After a restart, a policy change or during a registry outage, the
+// images already on the node can then be told apart without asking the registry.
+package state
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+)
+
+// FileName is the state file's name in stateDir.
+const FileName = "state.db"
+
+// Decision is the outcome of verifying one digest under one version of a rule.
+type Decision struct {
+	// RuleHash identifies the rule's content, key material included.
+	RuleHash string    `json:"ruleHash"`
+	Rule     string    `json:"rule"`
+	Mode     string    `json:"mode"`
+	Verified bool      `json:"verified"`
+	Reason   string    `json:"reason,omitempty"`
+	At       time.Time `json:"at"`
+}
+
+// Evidence is what the registry answered while a digest was verified: signature manifests and
+// layers, certificates, sigstore bundles, attestations and the answers that said something was
+// absent. Replayed, it lets the same verification run again offline.
+type Evidence struct {
+	// Repository is the repository the answers came from, as the verifier named it.
+	Repository string `json:"repository"`
+	Insecure   bool   `json:"insecure,omitempty"`
+	// Responses are keyed by "METHOD host/path?query".
+	Responses map[string]Response `json:"responses"`
+	At        time.Time           `json:"at"`
+}
+
+// Response is one registry answer: never a token or an authentication challenge.
+type Response struct {
+	Status int         `json:"status"`
+	Header http.Header `json:"header,omitempty"`
+	Body   []byte      `json:"body,omitempty"`
+}
+
+const (
+	schemaVersion = "1"
+	// maxDecisions bounds the rule versions remembered per digest; the oldest go first.
+	maxDecisions = 8
+	// lockTimeout bounds the wait for another process (pullgate audit, or the daemon) that
+	// has the file open.
+	lockTimeout = 5 * time.Second
+)
+
+var (
+	metaBucket      = []byte("meta")
+	decisionsBucket = []byte("decisions")
+	evidenceBucket  = []byte("evidence")
+	versionKey      = []byte("version")
+)
+
+type key struct{ image, digest string }
+
+func (k key) bytes() []byte { return []byte(k.image + "@" + k.digest) }
+
+// Store is the state file and an in-memory index of its decisions. The file is opened for each
+// operation rather than held, so that `pullgate audit` can read it while the daemon runs.
+type Store struct {
+	path     string
+	readOnly bool
+	logger   *slog.Logger
+
+	mu        sync.RWMutex
+	decisions map[key][]Decision
+
+	// write keeps this process's writers in line; bbolt's file lock keeps other processes out.
+	write sync.Mutex
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// ReadOnly opens the store for reading only: nothing is written, and a damaged file is
+// reported rather than moved aside.
+func ReadOnly() Option { return func(s *Store) { s.readOnly = true } }
+
+// WithLogger sets where repairs are reported.
+func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.logger = l } }
+
+// Open opens the state in dir, creating it when missing. A file that is damaged or of an
+// unknown version is moved aside and the state rebuilt empty: the images on the node are then
+// verified again when next used, which is safe.
+func Open(dir string, opts ...Option) (*Store, error) {
+	s := &Store{path: filepath.Join(dir, FileName), logger: slog.Default(), decisions: map[key][]Decision{}}
+	for _, o := range opts {
+		o(s)
+	}
+	if s.readOnly {
+		if _, err := os.Stat(s.path); errors.Is(err, os.ErrNotExist) {
+			return s, nil
+		}
+		if err := s.load(); err != nil {
+			return nil, fmt.Errorf("state %s: %w", s.path, err)
+		}
+		return s, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state: %w", err)
+	}
+	err := s.load()
+	var ce *corruptError
+	if errors.As(err, &ce) {
+		if err := s.moveAside(err); err != nil {
+			return nil, err
+		}
+		err = s.load()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state %s: %w", s.path, err)
+	}
+	return s, nil
+}
+
+// ReadOnly reports whether the store was opened for reading only.
+func (s *Store) ReadOnly() bool { return s.readOnly }
+
+// Path is the state file.
+func (s *Store) Path() string { return s.path }
+
+// load checks the file's consistency and reads every decision into memory.
+func (s *Store) load() error {
+	decisions := map[key][]Decision{}
+	err := s.do(s.readOnly, func(tx *bolt.Tx) error {
+		if err := s.prepare(tx); err != nil {
+			return err
+		}
+		var damage error
+		for err := range tx.Check() { // drained whole: Check's goroutine sends every problem
+			damage = cmp.Or(damage, err)
+		}
+		if damage != nil {
+			return &corruptError{damage}
+		}
+		b := tx.Bucket(decisionsBucket)
+		if b == nil {
+			return nil
+		}
+		return b.ForEach(func(k, v []byte) error {
+			var ds []Decision
+			if err := json.Unmarshal(v, &ds); err != nil {
+				return &corruptError{fmt.Errorf("record %q: %w", k, err)}
+			}
+			image, digest, ok := cutLast(string(k), '@')
+			if !ok {
+				return &corruptError{fmt.Errorf("record key %q is not image@digest", k)}
+			}
+			decisions[key{image, digest}] = ds
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.decisions = decisions
+	s.mu.Unlock()
+	return nil
+}
+
+// prepare creates the buckets of a new file and refuses a file of another schema version.
+func (s *Store) prepare(tx *bolt.Tx) error {
+	meta := tx.Bucket(metaBucket)
+	if meta == nil {
+		if !tx.Writable() {
+			if tx.Bucket(decisionsBucket) != nil {
+				return &corruptError{errors.New("no schema version")}
+			}
+			return nil
+		}
+		var err error
+		if meta, err = tx.CreateBucket(metaBucket); err != nil {
+			return err
+		}
+		if err := meta.Put(versionKey, []byte(schemaVersion)); err != nil {
+			return err
+		}
+	}
+	if v := string(meta.Get(versionKey)); v != schemaVersion {
+		return &corruptError{fmt.Errorf("schema version %q, want %q", v, schemaVersion)}
+	}
+	if !tx.Writable() {
+		return nil
+	}
+	for _, b := range [][]byte{decisionsBucket, evidenceBucket} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Decision returns the decision stored for the digest of image under the rule version ruleHash.
+func (s *Store) Decision(image, digest, ruleHash string) (Decision, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, d := range s.decisions[key{image, digest}] {
+		if d.RuleHash == ruleHash {
+			return d, true
+		}
+	}
+	return Decision{}, false
+}
+
+// Evidence returns what the registry answered when the digest of image was last verified, or
+// nil when nothing is stored.
+func (s *Store) Evidence(image, digest string) (*Evidence, error) {
+	var ev *Evidence
+	err := s.do(true, func(tx *bolt.Tx) error {
+		b := tx.Bucket(evidenceBucket)
+		if b == nil {
+			return nil
+		}
+		v := b.Get(key{image, digest}.bytes())
+		if v == nil {
+			return nil
+		}
+		ev = new(Evidence)
+		if err := json.Unmarshal(v, ev); err != nil {
+			return &corruptError{fmt.Errorf("evidence for %s@%s: %w", image, digest, err)}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("state %s: read evidence: %w", s.path, err)
+	}
+	return ev, nil
+}
+
+// Put records d for the digest of image, and ev when it is not nil, in one transaction: a crash
+// loses at most this write. A file found damaged is moved aside and the write made to a new one.
+func (s *Store) Put(image, digest string, d Decision, ev *Evidence) error {
+	if s.readOnly {
+		return errors.New("state is open read-only")
+	}
+	s.write.Lock()
+	defer s.write.Unlock()
+	k := key{image, digest}
+	s.mu.RLock()
+	ds := merge(s.decisions[k], d)
+	s.mu.RUnlock()
+	dv, err := json.Marshal(ds)
+	if err != nil {
+		return err
+	}
+	var evv []byte
+	if ev != nil {
+		if evv, err = json.Marshal(ev); err != nil {
+			return err
+		}
+	}
+	put := func(tx *bolt.Tx) error {
+		if err := s.prepare(tx); err != nil {
+			return err
+		}
+		if err := tx.Bucket(decisionsBucket).Put(k.bytes(), dv); err != nil {
+			return err
+		}
+		if evv != nil {
+			return tx.Bucket(evidenceBucket).Put(k.bytes(), evv)
+		}
+		return nil
+	}
+	err = s.do(false, put)
+	var ce *corruptError
+	if errors.As(err, &ce) {
+		if err := s.moveAside(err); err != nil {
+			return err
+		}
+		err = s.do(false, put)
+	}
+	if err != nil {
+		return fmt.Errorf("state %s: write %s@%s: %w", s.path, image, digest, err)
+	}
+	s.mu.Lock()
+	s.decisions[k] = ds
+	s.mu.Unlock()
+	return nil
+}
+
+// merge puts d in place of the decision of the same rule version, newest first.
+func merge(ds []Decision, d Decision) []Decision {
+	out := make([]Decision, 0, min(len(ds)+1, maxDecisions))
+	out = append(out, d)
+	for _, old := range ds {
+		if old.RuleHash != d.RuleHash && len(out) < maxDecisions {
+			out = append(out, old)
+		}
+	}
+	return out
+}
+
+// Len is the number of digests with a decision.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.decisions)
+}
+
+// do runs fn in a transaction on the file, opened for this call only. bbolt panics on some
+// damaged pages; that is reported as damage, never allowed to take pullgate down.
+func (s *Store) do(readOnly bool, fn func(*bolt.Tx) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = &corruptError{fmt.Errorf("%v", r)}
+		}
+	}()
+	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: lockTimeout, ReadOnly: readOnly})
+	if err != nil {
+		if errors.Is(err, berrors.ErrTimeout) {
+			return fmt.Errorf("another process holds the file (is a second pullgate running on this stateDir?): %w", err)
+		}
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
+			return err
+		}
+		return &corruptError{err}
+	}
+	defer db.Close()
+	if readOnly {
+		return db.View(fn)
+	}
+	return db.Update(fn)
+}
+
+// moveAside renames a damaged file out of the way, keeping it for inspection.
+func (s *Store) moveAside(cause error) error {
+	aside := fmt.Sprintf("%s.corrupt-%s", s.path, time.Now().UTC().Format("20060102T150405.000000000"))
+	if err := os.Rename(s.path, aside); err != nil {
+		return fmt.Errorf("state %s is damaged (%v) and could not be moved aside: %w", s.path, cause, err)
+	}
+	s.logger.Error("state file was damaged; moved aside and starting a new one: images already on the node are verified again when next used",
+		"path", s.path, "movedTo", aside, "error", cause)
+	return nil
+}
+
+// corruptError is a state file that cannot be read as pullgate's.
+type corruptError struct{ err error }
+
+func (e *corruptError) Error() string { return "damaged: " + e.err.Error() }
+func (e *corruptError) Unwrap() error { return e.err }
+
+func cutLast(s string, sep byte) (string, string, bool) {
+	i := strings.LastIndexByte(s, sep)
+	if i < 0 {
+		return "", "", false
+	}
+	return s[:i], s[i+1:], true
+}
