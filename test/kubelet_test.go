@@ -41,9 +41,19 @@ type node struct {
 	run     string                          // makes this run's namespaces unique
 }
 
-// startNode starts a node whose kubelet uses pullgate as its image service and, if
-// runtimeThroughGate, as its runtime service too.
-func startNode(t *testing.T, runtimeThroughGate bool) *node {
+// through says which of kubelet's CRI services go through pullgate.
+type through int
+
+const (
+	viaImage through = iota // imageServiceEndpoint, as most nodes have it
+	viaBoth                 // containerRuntimeEndpoint too
+	// viaRuntime is containerRuntimeEndpoint alone: kubelet's image service is containerd's,
+	// so only CreateContainer stands between kubelet and an image pullgate never saw.
+	viaRuntime
+)
+
+// startNode starts a node whose kubelet reaches pullgate for the services via says.
+func startNode(t *testing.T, via through) *node {
 	kubeletBin := harness.KubeletBinary(t)
 	ctrdBin, err := harness.Containerd2Binary()
 	if err != nil {
@@ -103,10 +113,11 @@ policies:
 	if err != nil {
 		t.Fatal(err)
 	}
-	endpoints := harness.KubeletEndpoints{Runtime: n.ctrd.Endpoint, Image: n.gate.Endpoint}
-	if runtimeThroughGate {
-		endpoints.Runtime = n.gate.Endpoint
-	}
+	endpoints := map[through]harness.KubeletEndpoints{
+		viaImage:   {Runtime: n.ctrd.Endpoint, Image: n.gate.Endpoint},
+		viaBoth:    {Runtime: n.gate.Endpoint, Image: n.gate.Endpoint},
+		viaRuntime: {Runtime: n.gate.Endpoint, Image: n.ctrd.Endpoint},
+	}[via]
 	n.kubelet = harness.StartKubelet(t, kubeletBin, endpoints, creds)
 
 	n.runtime, err = remoteclient.NewRemoteRuntimeService(t.Context(), n.ctrd.Endpoint, callTimeout, noop.NewTracerProvider(), false)
@@ -305,7 +316,7 @@ func denial(t *testing.T, r *harness.Registry, repo string, img v1.Image) string
 
 func TestKubelet(t *testing.T) {
 	t.Parallel()
-	n := startNode(t, false)
+	n := startNode(t, viaImage)
 	t.Run("SignedStartsWithNodeCredentials", n.testSignedNodeCredentials)
 	t.Run("SignedStartsWithKubeletCredentials", n.testSignedKubeletCredentials)
 	t.Run("UnsignedRefused", n.testUnsignedRefused)
@@ -455,11 +466,16 @@ func (n *node) pullThroughGate(t *testing.T, ref string) {
 
 func TestKubeletRuntimeThroughPullgate(t *testing.T) {
 	t.Parallel()
-	n := startNode(t, true)
+	n := startNode(t, viaBoth)
 	t.Run("PodLife", n.testPodLife)
 	t.Run("UnsignedRefused", n.testUnsignedRefused)
-	// This needs pullgate's CreateContainer gate (issue 4).
+}
+
+func TestKubeletRuntimeOnlyThroughPullgate(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, viaRuntime)
 	t.Run("UnverifiedRefusedAtCreateContainer", n.testCreateContainerGate)
+	t.Run("VerifiedStarts", n.testCreateContainerAllowed)
 }
 
 // A pod's whole life goes through pullgate: sandbox, container create and start, the exec
@@ -498,13 +514,26 @@ func (n *node) testPodLife(t *testing.T) {
 	}
 }
 
-// An image on the node without a decision for the pod's namespace is refused at
-// CreateContainer: ImageStatus cannot tell (it has no namespace), so kubelet does not pull it.
+// A container from an unsigned image already in the store is refused at CreateContainer, with
+// pullgate's reason in kubelet's events; kubelet's image service (containerd's here) reported the
+// image present, so there was no pull to deny.
 func (n *node) testCreateContainerGate(t *testing.T) {
 	t.Parallel()
-	ref, _ := n.push(t, n.reg, "scoped/app", "v1", "scoped-unverified", false)
+	ref, _ := n.push(t, n.reg, "apps/sideloaded", "v1", "sideloaded", false)
 	n.ctrd.Pull(ref, n.reg.Username, n.reg.Password)
-	p := pod{name: "web", namespace: "prod-" + n.namespace("scoped"), image: ref, pullPolicy: "IfNotPresent"}
+	p := pod{name: "web", namespace: n.namespace("sideloaded"), image: ref, pullPolicy: "IfNotPresent"}
 	n.start(t, p)
-	n.waitRefused(t, p.namespace, "CreateContainerError", "SignatureValidationFailed: pullgate:")
+	n.waitRefused(t, p.namespace, `reason="Failed"`, "Error: SignatureValidationFailed: pullgate: "+n.reg.Host+"/apps/sideloaded", "denied by policy")
+	n.waitRefused(t, p.namespace, "Error syncing pod", "CreateContainerError", "SignatureValidationFailed: pullgate:")
+}
+
+// A container from a signed image pullgate verified passes CreateContainer.
+func (n *node) testCreateContainerAllowed(t *testing.T) {
+	t.Parallel()
+	ref, _ := n.push(t, n.reg, "apps/verified", "v1", "verified", true)
+	n.pullThroughGate(t, ref)
+	p := pod{name: "web", namespace: n.namespace("verified"), image: ref, pullPolicy: "IfNotPresent"}
+	n.start(t, p)
+	c := n.waitContainer(t, p.namespace, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	waitOutput(t, c, "started verified")
 }
