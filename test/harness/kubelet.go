@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"text/template"
 	"time"
@@ -74,6 +75,9 @@ func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byt
 		dir:         dir,
 		logPath:     filepath.Join(dir, "kubelet.log"),
 		exited:      make(chan struct{}),
+	}
+	if err := holdKernelSettings(); err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(k.cleanup)
 	for _, d := range []string{k.ManifestDir, k.RootDir, k.LogsDir} {
@@ -208,6 +212,9 @@ func (k *Kubelet) cleanup() {
 			<-k.exited
 		}
 	}
+	if err := releaseKernelSettings(); err != nil {
+		k.t.Errorf("restore the kernel settings kubelet changed: %v", err)
+	}
 	if k.t.Failed() {
 		if b, err := os.ReadFile(k.logPath); err == nil {
 			k.t.Logf("kubelet log (%s):\n%s", k.logPath, tail(b, 256<<10))
@@ -218,6 +225,55 @@ func (k *Kubelet) cleanup() {
 	if err := os.RemoveAll(k.dir); err != nil {
 		k.t.Errorf("remove kubelet dir: %v", err)
 	}
+}
+
+// kernelSettings are the sysctls kubelet sets at start (vm.overcommit_memory=1,
+// kernel.panic_on_oops=1, ...); with protectKernelDefaults it refuses to start instead. The
+// harness puts the machine's own values back when the last kubelet it started has stopped.
+var kernelSettings = []string{
+	"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
+}
+
+var kernel struct {
+	sync.Mutex
+	kubelets int
+	saved    map[string][]byte
+}
+
+// holdKernelSettings saves the machine's kernel settings before the first of the kubelets
+// running at once starts.
+func holdKernelSettings() error {
+	kernel.Lock()
+	defer kernel.Unlock()
+	if kernel.kubelets == 0 {
+		kernel.saved = map[string][]byte{}
+		for _, name := range kernelSettings {
+			b, err := os.ReadFile("/proc/sys/" + name)
+			if err != nil {
+				return err
+			}
+			kernel.saved[name] = b
+		}
+	}
+	kernel.kubelets++
+	return nil
+}
+
+// releaseKernelSettings restores them when the last of those kubelets has stopped.
+func releaseKernelSettings() error {
+	kernel.Lock()
+	defer kernel.Unlock()
+	if kernel.kubelets--; kernel.kubelets > 0 {
+		return nil
+	}
+	var errs []error
+	for name, b := range kernel.saved {
+		if err := os.WriteFile("/proc/sys/"+name, b, 0o644); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // freePorts returns n loopback TCP ports that were free a moment ago.
