@@ -16,7 +16,7 @@ export PULLGATE_BIN := $(PULLGATE)
 export PULLGATE_CONTAINERD2 := $(CONTAINERD2)
 export PULLGATE_KUBELET := $(KUBELET)
 
-.PHONY: all build test unit e2e bench demo deps check clean
+.PHONY: all build test unit e2e bench demo node deps check clean
 
 all: build
 
@@ -66,8 +66,14 @@ e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
 
 test: check unit e2e
 
-demo: deps $(PULLGATE)
+demo: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
 	$(GO) run ./test/demo
+	$(GO) run ./test/node -exit
+
+# One node to try pullgate on by hand: a real kubelet, pullgate and containerd 2.x, kept running
+# until Ctrl-C. NODE_FLAGS=-runtime puts kubelet's runtime service through pullgate too.
+node: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
+	$(GO) run ./test/node $(NODE_FLAGS)
 
 bench: deps $(PULLGATE) $(CONTAINERD2) $(COSIGN)
 	COSIGN=$(COSIGN) $(GO) run ./test/bench

@@ -27,12 +27,12 @@ type Kubelet struct {
 	RootDir     string // --root-dir; kubelet reads registry credentials from RootDir/config.json
 	LogsDir     string // podLogsDir: NAMESPACE_POD_UID/CONTAINER/N.log
 	URL         string // kubelet's HTTPS API, e.g. URL+"/containerLogs/NS/POD/CONTAINER"
+	LogPath     string // kubelet's own log
 
-	t       T
-	dir     string
-	logPath string
-	cmd     *exec.Cmd
-	exited  chan struct{}
+	t      T
+	dir    string
+	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
 // KubeletEndpoints are the CRI endpoints kubelet talks to, as in its KubeletConfiguration.
@@ -73,7 +73,7 @@ func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byt
 		LogsDir:     filepath.Join(dir, "pods"),
 		t:           t,
 		dir:         dir,
-		logPath:     filepath.Join(dir, "kubelet.log"),
+		LogPath:     filepath.Join(dir, "kubelet.log"),
 		exited:      make(chan struct{}),
 	}
 	if err := holdKernelSettings(); err != nil {
@@ -106,7 +106,7 @@ func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byt
 		t.Fatal(err)
 	}
 
-	logFile, err := os.Create(k.logPath)
+	logFile, err := os.Create(k.LogPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func (k *Kubelet) DeletePod(name string) {
 
 // Log returns what kubelet logged so far.
 func (k *Kubelet) Log() string {
-	b, err := os.ReadFile(k.logPath)
+	b, err := os.ReadFile(k.LogPath)
 	if err != nil {
 		k.t.Fatal(err)
 	}
@@ -216,8 +216,8 @@ func (k *Kubelet) cleanup() {
 		k.t.Errorf("restore the kernel settings kubelet changed: %v", err)
 	}
 	if k.t.Failed() {
-		if b, err := os.ReadFile(k.logPath); err == nil {
-			k.t.Logf("kubelet log (%s):\n%s", k.logPath, tail(b, 256<<10))
+		if b, err := os.ReadFile(k.LogPath); err == nil {
+			k.t.Logf("kubelet log (%s):\n%s", k.LogPath, tail(b, 256<<10))
 		}
 	}
 	// kubelet makes its root directory a shared bind mount of itself.
