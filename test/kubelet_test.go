@@ -55,13 +55,7 @@ const (
 // startNode starts a node whose kubelet reaches pullgate for the services via says.
 func startNode(t *testing.T, via through) *node {
 	kubeletBin := harness.KubeletBinary(t)
-	ctrdBin, err := harness.Containerd2Binary()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
+	ctrdBin := harness.Containerd2Binary(t)
 	n := &node{
 		reg:  harness.StartRegistry(t, harness.WithUser("node", "node-secret-Kb3")),
 		priv: harness.StartRegistry(t, harness.WithUser("kubelet", "kubelet-secret-Vw8"), harness.WithTokenAuth()),

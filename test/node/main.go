@@ -34,10 +34,7 @@ func main() {
 		os.Exit(0)
 	}()
 
-	ctrdBin, err := harness.Containerd2Binary()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctrdBin := harness.Containerd2Binary(t)
 	kubeletBin := harness.KubeletBinary(t)
 
 	step("Starting a registry on loopback that requires a password, and containerd %s", ctrdBin)
