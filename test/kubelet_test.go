@@ -86,15 +86,6 @@ auth:
   files: [%[4]s]
 defaultAction: deny
 policies:
-- name: scoped-prod
-  images: ["%[5]s/scoped/**"]
-  namespaces: ["prod-*"]
-  mode: enforce
-  authorities:
-  - {name: release, key: {file: %[6]s}, ignoreTransparencyLog: true}
-- name: scoped-elsewhere
-  images: ["%[5]s/scoped/**"]
-  mode: skip
 - name: apps
   images: ["%[5]s/apps/**", "%[7]s/apps/**"]
   mode: enforce
