@@ -20,6 +20,8 @@ commands:
   serve          serve the CRI on a Unix socket in front of the runtime
   verify         check an image against the policy without a runtime (exit 0 allowed, 1 denied, 2 undecided)
   check-config   validate a configuration file and report every problem
+  install        install pullgate on this node (or --host-root) and point kubelet at it
+  uninstall      point kubelet back, stop pullgate and restore every file install changed
   version        print the version
 `
 
@@ -36,6 +38,10 @@ func main() {
 		os.Exit(verifyImage(args, os.Stdout))
 	case "check-config":
 		err = checkConfig(args)
+	case "install":
+		err = installCmd(args)
+	case "uninstall":
+		err = uninstallCmd(args)
 	case "version", "--version":
 		fmt.Println("pullgate", versionString())
 	case "help", "-h", "--help":
