@@ -187,10 +187,11 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 	if unitsChanged || daemonChanged {
 		start = "restart"
 	}
-	if err := in.systemctl.Run(ctx, start, "pullgate.service"); err != nil {
-		return fmt.Errorf("install: %w; kubelet left as it was; see journalctl -u pullgate", err)
+	err = in.systemctl.Run(ctx, start, "pullgate.service")
+	if err == nil {
+		err = in.probeSocket(ctx)
 	}
-	if err := in.probeSocket(ctx); err != nil {
+	if err != nil {
 		if !bytes.Equal(kubeletBefore, kubeletAfter) {
 			return fmt.Errorf("install: %w; kubelet left as it was; see journalctl -u pullgate", err)
 		}
@@ -385,12 +386,33 @@ func readConfig(path string) ([]byte, error) {
 	}
 	c, err := config.Parse(data)
 	if err == nil {
-		err = c.Validate()
+		err = withoutMissingFiles(c.Validate())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("install: configuration %s: %w; check it with pullgate check-config", path, err)
 	}
 	return data, nil
+}
+
+// withoutMissingFiles drops the problems of files the configuration names (keys, trusted
+// root): they are host paths, installed along with it, and the unit's ExecStartPre checks them
+// on the host before pullgate starts. The policy compiler formats rather than wraps its
+// errors, so they are recognised by the operating system's message.
+func withoutMissingFiles(err error) error {
+	if err == nil {
+		return nil
+	}
+	problems := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		problems = j.Unwrap()
+	}
+	var kept []error
+	for _, p := range problems {
+		if !errors.Is(p, fs.ErrNotExist) && !strings.HasSuffix(p.Error(), syscall.ENOENT.Error()) {
+			kept = append(kept, p)
+		}
+	}
+	return errors.Join(kept...)
 }
 
 type key struct {

@@ -55,6 +55,8 @@ type node struct {
 	// probeErrs and healthErrs are the answers of successive probes and health checks;
 	// after the last one, nil.
 	probeErrs, healthErrs []error
+	// systemctlErrs fail systemctl commands, once each.
+	systemctlErrs map[string]error
 }
 
 func newNode(t *testing.T) *node {
@@ -124,7 +126,11 @@ func (n *node) Run(_ context.Context, args ...string) error {
 		e += " -> " + n.kubeletEndpoint()
 	}
 	n.record(e)
-	return nil
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	err := n.systemctlErrs[e]
+	delete(n.systemctlErrs, e)
+	return err
 }
 
 func (n *node) probe(_ context.Context, socket string) error {
@@ -378,6 +384,34 @@ func TestUpgrade(t *testing.T) {
 	})
 }
 
+// A new configuration that pullgate refuses to start with (ExecStartPre) is rolled back too.
+func TestUpgradeRefusedConfig(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	in := n.installer()
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	shipped := n.read(ConfigPath)
+	// Its key is checked on the host, where it is installed, not where the installer runs.
+	n.src.Config = filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, n.src.Config, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\npolicies:\n- name: a\n  images: [\"**\"]\n  mode: enforce\n  authorities:\n  - name: k\n    key: {file: /etc/pullgate/keys/missing.pub}\n", 0o644)
+	n.systemctlErrs = map[string]error{"systemctl restart pullgate.service": errors.New("exit status 1")}
+	n.takeEvents()
+	err := in.Install(t.Context(), n.src)
+	if err == nil || !strings.Contains(err.Error(), "pullgate answers again") {
+		t.Fatalf("Install = %v, want a rollback", err)
+	}
+	if got := n.read(ConfigPath); got != shipped {
+		t.Errorf("configuration after a refused upgrade:\n%s", got)
+	}
+	equalEvents(t, "refused upgrade", n.takeEvents()[2:], []string{
+		"systemctl restart pullgate.service",
+		"systemctl restart pullgate.service",
+		"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+	})
+}
+
 func TestUninstall(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -462,6 +496,10 @@ func TestInstallRefuses(t *testing.T) {
 			n.src.Config = filepath.Join(t.TempDir(), "bad.yaml")
 			writeFile(t, n.src.Config, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\ndefaultAction: maybe\n", 0o644)
 		}, want: "defaultAction"},
+		{name: "unknown field", change: func(n *node) {
+			n.src.Config = filepath.Join(t.TempDir(), "bad.yaml")
+			writeFile(t, n.src.Config, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\ndefaultAktion: allow\n", 0o644)
+		}, want: "defaultAktion"},
 		{name: "no kubelet configuration", change: func(n *node) { os.Remove(filepath.Join(n.root, kubeletPath)) }, want: "--kubelet-config"},
 		{name: "not a KubeletConfiguration", change: func(n *node) { n.write(kubeletPath, "kind: Pod\n", 0o600) }, want: "not a KubeletConfiguration"},
 	} {
