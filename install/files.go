@@ -82,7 +82,7 @@ func (f *files) save() error {
 // file changes, so that an install cut short can still be undone.
 func (f *files) put(path string, data []byte, mode fs.FileMode) (bool, error) {
 	full := f.host(path)
-	fi, err := os.Stat(full)
+	fi, err := os.Lstat(full)
 	switch {
 	case err == nil:
 		if fi.Mode().Perm() == mode {
@@ -118,7 +118,7 @@ func (f *files) backup(path string, fi fs.FileInfo) error {
 	o := original{Path: path}
 	if fi != nil {
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("install %s: exists and is not a regular file; move it away first", path)
+			return fmt.Errorf("install %s: exists and is not a regular file (a symbolic link is not followed, so that uninstall can put it back); move it away first", path)
 		}
 		data, err := os.ReadFile(f.host(path))
 		if err != nil {

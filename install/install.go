@@ -136,6 +136,9 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 	if err != nil {
 		return err
 	}
+	if fi, err := os.Lstat(in.host(in.kubeletConfig)); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("install: kubelet configuration %s is not a regular file; point --kubelet-config at the file itself", in.kubeletConfig)
+	}
 	kubeletBefore, err := os.ReadFile(in.host(in.kubeletConfig))
 	if err != nil {
 		return fmt.Errorf("install: read kubelet configuration: %w; point --kubelet-config at the KubeletConfiguration file kubelet runs with", err)
@@ -240,15 +243,16 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 		in.log.Info("nothing to uninstall", "manifest", filepath.Join(BackupDir, "manifest.json"))
 		return nil
 	}
-	if o, ok := f.m.find(f.m.KubeletConfig); ok {
-		changed, err := f.restore(o)
+	kubelet, ok := f.m.find(f.m.KubeletConfig)
+	if ok {
+		changed, err := in.revertKubelet(f, kubelet)
 		if err != nil {
-			return fmt.Errorf("uninstall: %w", err)
+			return fmt.Errorf("uninstall: kubelet configuration %s: %w; set its imageServiceEndpoint back by hand (the original is in %s), then run pullgate uninstall again", kubelet.Path, err, BackupDir)
 		}
 		if changed {
-			in.log.Info("restored kubelet configuration, restarting kubelet", "config", o.Path)
+			in.log.Info("restored kubelet configuration, restarting kubelet", "config", kubelet.Path)
 			if err := in.restartKubelet(ctx); err != nil {
-				return fmt.Errorf("uninstall: kubelet not healthy with its restored configuration %s: %w; pullgate left running; fix kubelet, then run pullgate uninstall again", o.Path, err)
+				return fmt.Errorf("uninstall: kubelet not healthy with its restored configuration %s: %w; pullgate left running; fix kubelet, then run pullgate uninstall again", kubelet.Path, err)
 			}
 		}
 	}
@@ -256,6 +260,9 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 		return fmt.Errorf("uninstall: %w", err)
 	}
 	for _, o := range slices.Backward(f.m.Files) {
+		if o.Path == kubelet.Path {
+			continue
+		}
 		if _, err := f.restore(o); err != nil {
 			return fmt.Errorf("uninstall: %w", err)
 		}
@@ -284,12 +291,44 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 	return nil
 }
 
+// revertKubelet points kubelet's configuration back at what it used before pullgate.
+func (in *Installer) revertKubelet(f *files, o original) (bool, error) {
+	current, err := os.ReadFile(in.host(o.Path))
+	if errors.Is(err, fs.ErrNotExist) {
+		return f.restore(o)
+	}
+	if err != nil {
+		return false, err
+	}
+	orig, err := os.ReadFile(in.host(filepath.Join(BackupDir, o.Backup)))
+	if err != nil {
+		return false, err
+	}
+	data, exact, err := revert(orig, current)
+	if err != nil {
+		return false, err
+	}
+	if exact {
+		return f.restore(o)
+	}
+	if bytes.Equal(data, current) {
+		return false, nil
+	}
+	in.log.Warn("kubelet configuration changed since pullgate install; setting back only its endpoints", "config", o.Path)
+	fi, err := os.Stat(in.host(o.Path))
+	if err != nil {
+		return false, err
+	}
+	owner, _ := fi.Sys().(*syscall.Stat_t)
+	return true, writeAtomic(in.host(o.Path), data, fi.Mode().Perm(), owner)
+}
+
 func (in *Installer) host(path string) string { return filepath.Join(in.root, path) }
 
 func (in *Installer) endpoints() []field {
-	fs := []field{{"imageServiceEndpoint", Endpoint}}
+	fs := []field{{key: endpointKeys[0], value: Endpoint}}
 	if in.runtimeService {
-		fs = append(fs, field{"containerRuntimeEndpoint", Endpoint})
+		fs = append(fs, field{key: endpointKeys[1], value: Endpoint})
 	}
 	return fs
 }

@@ -460,6 +460,49 @@ func TestUninstall(t *testing.T) {
 	}
 }
 
+// A kubelet configuration rewritten since the install (a kubeadm upgrade) keeps its changes:
+// only the endpoints that point at pullgate are set back.
+func TestUninstallKeepsLaterKubeletChanges(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		runtime bool
+		change  func(string) string
+		want    string
+	}{
+		{name: "field added", change: func(s string) string { return s + "maxPods: 200\n" },
+			want: strings.Replace(kubeletConfig, "imageServiceEndpoint:\n  unix:///run/containerd/containerd.sock\n", "imageServiceEndpoint: unix:///run/containerd/containerd.sock\n", 1) + "maxPods: 200\n"},
+		{name: "runtime endpoint too", runtime: true, change: func(s string) string { return "# kubeadm\n" + s },
+			want: "# kubeadm\n" + strings.Replace(kubeletConfig, "imageServiceEndpoint:\n  unix:///run/containerd/containerd.sock\n", "imageServiceEndpoint: unix:///run/containerd/containerd.sock\n", 1)},
+		{name: "already pointed elsewhere", change: func(s string) string {
+			return strings.Replace(s, "imageServiceEndpoint: "+Endpoint, "imageServiceEndpoint: unix:///other.sock", 1)
+		}, want: strings.Replace(switched, "imageServiceEndpoint: "+Endpoint, "imageServiceEndpoint: unix:///other.sock", 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			var opts []Option
+			if tc.runtime {
+				opts = append(opts, WithRuntimeService())
+			}
+			in := n.installer(opts...)
+			if err := in.Install(t.Context(), n.src); err != nil {
+				t.Fatal(err)
+			}
+			n.write(kubeletPath, tc.change(n.read(kubeletPath)), 0o600)
+			if err := in.Uninstall(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if got := n.read(kubeletPath); got != tc.want {
+				t.Errorf("kubelet configuration after uninstall:\n%s\nwant\n%s", got, tc.want)
+			}
+			if _, err := os.Stat(filepath.Join(n.root, BackupDir)); err == nil {
+				t.Errorf("backups left")
+			}
+		})
+	}
+}
+
 // If kubelet is not healthy on its old configuration, pullgate stays so that it can be retried.
 func TestUninstallKubeletUnhealthy(t *testing.T) {
 	t.Parallel()
@@ -501,6 +544,10 @@ func TestInstallRefuses(t *testing.T) {
 			writeFile(t, n.src.Config, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\ndefaultAktion: allow\n", 0o644)
 		}, want: "defaultAktion"},
 		{name: "no kubelet configuration", change: func(n *node) { os.Remove(filepath.Join(n.root, kubeletPath)) }, want: "--kubelet-config"},
+		{name: "kubelet configuration is a link", change: func(n *node) {
+			os.Rename(filepath.Join(n.root, kubeletPath), filepath.Join(n.root, kubeletPath+".real"))
+			os.Symlink(filepath.Base(kubeletPath)+".real", filepath.Join(n.root, kubeletPath))
+		}, want: "not a regular file"},
 		{name: "not a KubeletConfiguration", change: func(n *node) { n.write(kubeletPath, "kind: Pod\n", 0o600) }, want: "not a KubeletConfiguration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -523,7 +570,7 @@ func TestInstallRefuses(t *testing.T) {
 func TestSetFields(t *testing.T) {
 	t.Parallel()
 	head := "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"
-	image := []field{{"imageServiceEndpoint", Endpoint}}
+	image := []field{{key: "imageServiceEndpoint", value: Endpoint}}
 	for _, tc := range []struct {
 		name    string
 		in      string
@@ -533,9 +580,10 @@ func TestSetFields(t *testing.T) {
 	}{
 		{name: "added", in: head + "cgroupDriver: systemd", fields: image, want: head + "cgroupDriver: systemd\nimageServiceEndpoint: " + Endpoint + "\n"},
 		{name: "replaced", in: head + "imageServiceEndpoint: unix:///old.sock # old\nport: 10250\n", fields: image, want: head + "imageServiceEndpoint: " + Endpoint + "\nport: 10250\n"},
-		{name: "both", in: head + "containerRuntimeEndpoint: x\n", fields: append(image, field{"containerRuntimeEndpoint", Endpoint}),
+		{name: "both", in: head + "containerRuntimeEndpoint: x\n", fields: append(image, field{key: "containerRuntimeEndpoint", value: Endpoint}),
 			want: head + "containerRuntimeEndpoint: " + Endpoint + "\nimageServiceEndpoint: " + Endpoint + "\n"},
 		{name: "nested key of the same name stays", in: head + "x:\n  imageServiceEndpoint: keep\n", fields: image, want: head + "x:\n  imageServiceEndpoint: keep\nimageServiceEndpoint: " + Endpoint + "\n"},
+		{name: "removed", in: head + "imageServiceEndpoint:\n  unix:///x.sock\nport: 1\n", fields: []field{{key: "imageServiceEndpoint", remove: true}}, want: head + "port: 1\n"},
 		{name: "flow style refused", in: `{"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration"}`, fields: image, wantErr: "by hand"},
 		{name: "not kubelet's", in: "kind: Pod\n", fields: image, wantErr: "not a KubeletConfiguration"},
 		{name: "not YAML", in: "kind: [\n", fields: image, wantErr: "parse"},

@@ -13,12 +13,16 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-type field struct{ key, value string }
+type field struct {
+	key, value string
+	remove     bool // drop the field instead
+}
 
-// setFields sets top-level string fields of a block-style KubeletConfiguration by rewriting
-// only their lines (or appending them), so that comments, order and formatting of everything
-// else stay as the administrator or kubeadm wrote them. The result must decode to the original
-// document with exactly those fields changed; a file this cannot edit safely is refused.
+// setFields sets (or removes) top-level string fields of a block-style KubeletConfiguration by
+// rewriting only their lines (or appending them), so that comments, order and formatting of
+// everything else stay as the administrator or kubeadm wrote them. The result must decode to
+// the original document with exactly those fields changed; a file this cannot edit safely is
+// refused.
 func setFields(data []byte, fields []field) ([]byte, error) {
 	before, err := decodeMap(data)
 	if err != nil {
@@ -32,13 +36,16 @@ func setFields(data []byte, fields []field) ([]byte, error) {
 		lines = lines[:len(lines)-1]
 	}
 	for _, f := range fields {
-		line := f.key + ": " + f.value + "\n"
+		var repl []string
+		if !f.remove {
+			repl = []string{f.key + ": " + f.value + "\n"}
+		}
 		i := indexKey(lines, f.key)
 		if i < 0 {
 			if n := len(lines); n > 0 && !strings.HasSuffix(lines[n-1], "\n") {
 				lines[n-1] += "\n"
 			}
-			lines = append(lines, line)
+			lines = append(lines, repl...)
 			continue
 		}
 		// The value may continue on indented lines.
@@ -46,7 +53,7 @@ func setFields(data []byte, fields []field) ([]byte, error) {
 		for end < len(lines) && strings.HasPrefix(lines[end], " ") {
 			end++
 		}
-		lines = append(lines[:i], append([]string{line}, lines[end:]...)...)
+		lines = append(lines[:i], append(repl, lines[end:]...)...)
 	}
 	out := []byte(strings.Join(lines, ""))
 	after, err := decodeMap(out)
@@ -55,12 +62,56 @@ func setFields(data []byte, fields []field) ([]byte, error) {
 	}
 	want := maps.Clone(before)
 	for _, f := range fields {
-		want[f.key] = f.value
+		if f.remove {
+			delete(want, f.key)
+		} else {
+			want[f.key] = f.value
+		}
 	}
 	if !reflect.DeepEqual(after, want) {
 		return nil, fmt.Errorf("cannot edit it line by line (flow style or several documents?); set %s by hand", fields[0].key)
 	}
 	return out, nil
+}
+
+// endpointKeys are the fields install may point at pullgate.
+var endpointKeys = []string{"imageServiceEndpoint", "containerRuntimeEndpoint"}
+
+// revert returns kubelet's configuration as uninstall leaves it: the original exactly when
+// nothing but install's own edit changed it since, and otherwise the current file with only the
+// fields that still point at pullgate set back to their original values, so that later changes
+// (a kubeadm upgrade rewriting the file) stay.
+func revert(original, current []byte) (data []byte, exact bool, err error) {
+	image := field{key: endpointKeys[0], value: Endpoint}
+	for _, edit := range [][]field{{image}, {image, {key: endpointKeys[1], value: Endpoint}}} {
+		if out, err := setFields(original, edit); err == nil && bytes.Equal(out, current) {
+			return original, true, nil
+		}
+	}
+	orig, err := decodeMap(original)
+	if err != nil {
+		return nil, false, fmt.Errorf("original: %w", err)
+	}
+	cur, err := decodeMap(current)
+	if err != nil {
+		return nil, false, err
+	}
+	var fields []field
+	for _, k := range endpointKeys {
+		if cur[k] != Endpoint {
+			continue
+		}
+		if v, ok := orig[k].(string); ok {
+			fields = append(fields, field{key: k, value: v})
+		} else {
+			fields = append(fields, field{key: k, remove: true})
+		}
+	}
+	if len(fields) == 0 {
+		return current, false, nil
+	}
+	out, err := setFields(current, fields)
+	return out, false, err
 }
 
 func indexKey(lines []string, key string) int {
