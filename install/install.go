@@ -195,7 +195,7 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 		err = in.probeSocket(ctx)
 	}
 	if err != nil {
-		if !bytes.Equal(kubeletBefore, kubeletAfter) {
+		if !usesPullgate(kubeletBefore) {
 			return fmt.Errorf("install: %w; kubelet left as it was; see journalctl -u pullgate", err)
 		}
 		// kubelet already uses pullgate: an upgrade that does not answer is rolled back.
@@ -219,13 +219,11 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 		if _, perr := f.put(in.kubeletConfig, kubeletBefore, mode); perr != nil {
 			return fmt.Errorf("install: kubelet not healthy after the switch to pullgate (%v), and the previous %s could not be put back: %w", err, in.kubeletConfig, perr)
 		}
-		rerr := in.restartKubelet(ctx)
-		if rerr != nil {
-			rerr = fmt.Errorf("; kubelet is not healthy with it either: %w", rerr)
-		} else {
-			rerr = errors.New("; kubelet is healthy again")
+		again := "kubelet is healthy again"
+		if rerr := in.restartKubelet(ctx); rerr != nil {
+			again = fmt.Sprintf("kubelet is not healthy with it either: %v", rerr)
 		}
-		return fmt.Errorf("install: kubelet not healthy after the switch to pullgate: %w; put back the previous %s and restarted kubelet%v", err, in.kubeletConfig, rerr)
+		return fmt.Errorf("install: kubelet not healthy after the switch to pullgate: %w; put back the previous %s and restarted kubelet; %s", err, in.kubeletConfig, again)
 	}
 	in.log.Info("kubelet healthy with pullgate")
 	return nil

@@ -412,6 +412,28 @@ func TestUpgradeRefusedConfig(t *testing.T) {
 	})
 }
 
+// An upgrade that also switches the runtime service is rolled back too when it does not answer:
+// kubelet already uses pullgate for images.
+func TestUpgradeWithRuntimeServiceRollback(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	if err := n.installer().Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, n.src.Binary, "binary v2", 0o755)
+	n.probeErrs = []error{errors.New("Unavailable")}
+	err := n.installer(WithRuntimeService()).Install(t.Context(), n.src)
+	if err == nil || !strings.Contains(err.Error(), "pullgate answers again") {
+		t.Fatalf("Install = %v, want a rollback", err)
+	}
+	if got := n.read(BinaryPath); got != "binary v1" {
+		t.Errorf("binary = %q, want v1 back", got)
+	}
+	if got := n.read(kubeletPath); got != switched {
+		t.Errorf("kubelet configuration changed:\n%s", got)
+	}
+}
+
 func TestUninstall(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {

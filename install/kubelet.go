@@ -114,6 +114,20 @@ func revert(original, current []byte) (data []byte, exact bool, err error) {
 	return out, false, err
 }
 
+// usesPullgate reports whether a kubelet configuration points kubelet at pullgate.
+func usesPullgate(data []byte) bool {
+	m, err := decodeMap(data)
+	if err != nil {
+		return false
+	}
+	for _, k := range endpointKeys {
+		if m[k] == Endpoint {
+			return true
+		}
+	}
+	return false
+}
+
 func indexKey(lines []string, key string) int {
 	for i, l := range lines {
 		if strings.HasPrefix(l, key+":") {
