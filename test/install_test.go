@@ -67,7 +67,7 @@ func TestInstallCommand(t *testing.T) {
 			systemctl := filepath.Join(state, "systemctl")
 			mustWrite(t, systemctl, fakeSystemctl, 0o755)
 			config := filepath.Join(state, "config.yaml")
-			mustWrite(t, config, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\nmetricsAddress: \"\"\ndefaultAction: allow\n", 0o644)
+			mustWrite(t, config, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\nstateDir: "+state+"\nmetricsAddress: \"\"\ndefaultAction: allow\n", 0o644)
 			var healthz atomic.Int32
 			kubelet := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { healthz.Add(1) }))
 			t.Cleanup(kubelet.Close)
