@@ -125,6 +125,7 @@ func serve(args []string) error {
 	monitorCtx, stopMonitor := context.WithCancel(context.Background())
 	defer stopMonitor()
 	go p.MonitorUpstream(monitorCtx, 5*time.Second)
+	go p.PruneState(monitorCtx, st, 6*time.Hour, 24*time.Hour)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
