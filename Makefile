@@ -55,11 +55,11 @@ deps:
 		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y containerd runc systemd busybox-static; }
 
 check:
-	@test -z "$$(gofmt -l cmd proxy verify test)" || { gofmt -l cmd proxy verify test; echo "gofmt needed"; exit 1; }
+	@test -z "$$(gofmt -l cmd proxy verify test systemd install)" || { gofmt -l cmd proxy verify test systemd install; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
 unit:
-	$(GO) test -race -count=1 ./verify/... ./proxy/... ./cmd/...
+	$(GO) test -race -count=1 ./verify/... ./proxy/... ./cmd/... ./systemd/... ./install/...
 
 e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
 	$(GO) test -count=1 -timeout 15m ./test/...

@@ -72,20 +72,24 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-// The shipped unit passes systemd's own checks, with the binary where the unit expects it.
+// The shipped units pass systemd's own checks, with the binary where the units expect it.
 func TestSystemdUnit(t *testing.T) {
 	t.Parallel()
 	analyze := lookPath(t, "systemd-analyze")
-	unit, err := os.ReadFile("../systemd/pullgate.service")
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
-	path := filepath.Join(dir, "pullgate.service")
-	if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/pullgate", harness.PullgateBinary(t))), 0o644); err != nil {
-		t.Fatal(err)
+	var paths []string
+	for _, name := range []string{"pullgate.service", "pullgate.socket"} {
+		unit, err := os.ReadFile(filepath.Join("../systemd", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(strings.ReplaceAll(string(unit), "/usr/local/bin/pullgate", harness.PullgateBinary(t))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, path)
 	}
-	if out, err := exec.Command(analyze, "verify", "--man=no", path).CombinedOutput(); err != nil || len(out) > 0 {
+	if out, err := exec.Command(analyze, append([]string{"verify", "--man=no"}, paths...)...).CombinedOutput(); err != nil || len(out) > 0 {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }

@@ -21,6 +21,8 @@ commands:
   verify         check an image against the policy without a runtime (exit 0 allowed, 1 denied, 2 undecided)
   audit          list the runtime's images with their decision under the policy (allowed, warned, denied, unknown)
   check-config   validate a configuration file and report every problem
+  install        install pullgate on this node (or --host-root) and point kubelet at it
+  uninstall      point kubelet back, stop pullgate and restore every file install changed
   version        print the version
 `
 
@@ -39,6 +41,10 @@ func main() {
 		err = audit(args, os.Stdout)
 	case "check-config":
 		err = checkConfig(args)
+	case "install":
+		err = installCmd(args)
+	case "uninstall":
+		err = uninstallCmd(args)
 	case "version", "--version":
 		fmt.Println("pullgate", versionString())
 	case "help", "-h", "--help":

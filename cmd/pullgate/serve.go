@@ -125,11 +125,12 @@ func serve(args []string) error {
 	monitorCtx, stopMonitor := context.WithCancel(context.Background())
 	defer stopMonitor()
 	go p.MonitorUpstream(monitorCtx, 5*time.Second)
+	go p.PruneState(monitorCtx, st, 6*time.Hour, 24*time.Hour)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	logger.Info("pullgate serving", "version", versionString(), "listen", cfg.Listen, "runtime", cfg.RuntimeEndpoint, "defaultAction", cfg.DefaultAction)
-	daemon.SdNotify(false, daemon.SdNotifyReady)
+	go notifySystemd(monitorCtx, logger, lis.Addr().String(), p.Ready)
 
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)

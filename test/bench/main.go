@@ -56,6 +56,10 @@ func main() {
 		}
 	}
 	policies := fmt.Sprintf(`policies:
+- name: store
+  images: ["%[1]s/bench/**"]
+  mode: enforce
+  authorities: [{name: release, key: {file: %[2]s}, ignoreTransparencyLog: true}]
 - name: sig
   images: ["%[1]s/signed/**"]
   mode: enforce
@@ -73,13 +77,16 @@ func main() {
 		t.Fatal(err)
 	}
 	gate := harness.StartPullgate(t, harness.PullgateBinary(t), config)
+	// The same node with ImageStatus and CreateContainer left unchecked, to tell the check's
+	// cost from the extra hop's.
+	ungated := harness.StartPullgate(t, harness.PullgateBinary(t), config+"verification: {verifyPresentImages: false}\n")
 
 	direct := client(t, ctrd.Endpoint)
 	proxied := client(t, gate.Endpoint)
 	auth := &runtimeapi.AuthConfig{Username: "bench", Password: "bench-secret"}
 
-	fmt.Fprintf(os.Stderr, "filling containerd %s with %d images...\n", ctrd.Version, *images)
-	fill(t, ctx, reg, direct, auth, *images)
+	fmt.Fprintf(os.Stderr, "filling containerd %s with %d signed images, verified by pullgate...\n", ctrd.Version, *images)
+	fill(t, ctx, reg, proxied, auth, key, *images)
 	ref := reg.Host + "/bench/img-0:v1"
 
 	var rows []row
@@ -89,10 +96,17 @@ func main() {
 		p := run(t, n, func() error { return f(proxied) })
 		rows = append(rows, row{op, n, d, p})
 	}
-	measure("ImageStatus", *statusN, func(s internalapi.ImageManagerService) error {
-		_, err := s.ImageStatus(ctx, spec, false)
+	imageStatus := func(s internalapi.ImageManagerService) error {
+		st, err := s.ImageStatus(ctx, spec, false)
+		if err == nil && st.GetImage() == nil {
+			err = fmt.Errorf("ImageStatus(%s): absent", ref)
+		}
 		return err
-	})
+	}
+	measure("ImageStatus, verified image", *statusN, imageStatus)
+	unchecked := client(t, ungated.Endpoint)
+	d, u := run(t, *statusN, func() error { return imageStatus(direct) }), run(t, *statusN, func() error { return imageStatus(unchecked) })
+	rows = append(rows, row{"ImageStatus, verifyPresentImages: false", *statusN, d, u})
 	measure(fmt.Sprintf("ListImages (%d images)", *images), *listN, func(s internalapi.ImageManagerService) error {
 		l, err := s.ListImages(ctx, nil)
 		if err == nil && len(l) < *images {
@@ -173,15 +187,20 @@ func client(t *harness.Program, endpoint string) internalapi.ImageManagerService
 	return s
 }
 
-// fill pushes n images and pulls them straight into containerd, a few at a time.
-func fill(t *harness.Program, ctx context.Context, reg *harness.Registry, s internalapi.ImageManagerService, auth *runtimeapi.AuthConfig, n int) {
+// fill pushes n images signed by key and pulls them through s, a few at a time.
+func fill(t *harness.Program, ctx context.Context, reg *harness.Registry, s internalapi.ImageManagerService, auth *runtimeapi.AuthConfig, key *harness.Key, n int) {
 	var wg sync.WaitGroup
 	work := make(chan int)
 	for range 4 {
 		wg.Go(func() {
 			for i := range work {
 				repo := fmt.Sprintf("bench/img-%d", i)
-				reg.PushRandomImage(t, repo, "v1")
+				img := reg.PushRandomImage(t, repo, "v1")
+				d, err := img.Digest()
+				if err != nil {
+					t.Fatal(err)
+				}
+				reg.Sign(t, key, repo, d)
 				if _, err := s.PullImage(ctx, &runtimeapi.ImageSpec{Image: reg.Host + "/" + repo + ":v1"}, auth, nil); err != nil {
 					t.Fatal(err)
 				}

@@ -135,6 +135,32 @@ policies:
 		}
 	}
 
+	step("An unsigned image put into containerd without pullgate is absent for kubelet, so it must come through pullgate")
+	imported := reg.PushRandomImage(t, "shop/imported", "v1")
+	importedRef := reg.Host + "/shop/imported:v1"
+	direct, err := remoteclient.NewRemoteImageService(ctx, ctrd.Endpoint, time.Minute, noop.NewTracerProvider(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := direct.PullImage(ctx, &runtimeapi.ImageSpec{Image: importedRef}, &runtimeapi.AuthConfig{Username: reg.Username, Password: reg.Password}, nil); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = direct.ImageStatus(ctx, &runtimeapi.ImageSpec{Image: importedRef}, false)
+	fmt.Printf("  pulled straight from containerd: %s (%s)\n  containerd's ImageStatus: id %s\n", importedRef, digest(t, imported), st.GetImage().GetId())
+	st, _ = images.ImageStatus(ctx, &runtimeapi.ImageSpec{Image: importedRef}, false)
+	fmt.Printf("  pullgate's ImageStatus: present=%v (kubelet now calls PullImage, which pullgate checks)\n", st.GetImage() != nil)
+	_, err = pull(importedRef)
+	fmt.Printf("  kubelet sees: %v\n", err)
+
+	step("Before switching a rule to enforce, an administrator lists the node's images: pullgate audit")
+	fmt.Println("  $ pullgate audit")
+	cmd := exec.Command(harness.PullgateBinary(t), "audit", "--config", gate.ConfigPath, "--state-dir", gate.StateDir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("pullgate audit: %v\n%s", err, out)
+	}
+	fmt.Print(indent(string(out)))
+
 	step("A bad reference is refused before it reaches containerd")
 	_, err = pull(reg.Host + "/Shop/Web:v1")
 	fmt.Printf("  kubelet sees: %v\n", err)

@@ -21,6 +21,8 @@ type Pullgate struct {
 	Endpoint   string // "unix://" + Socket
 	MetricsURL string // "http://127.0.0.1:PORT"
 	ConfigPath string
+	// StateDir is its state directory, unless StartPullgate's args named another.
+	StateDir string
 
 	t    T
 	cmd  *exec.Cmd
@@ -75,10 +77,11 @@ func StartPullgate(t T, bin, config string, args ...string) *Pullgate {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	p := &Pullgate{t: t, Socket: filepath.Join(dir, "pullgate.sock"), ConfigPath: filepath.Join(dir, "config.yaml"), logs: &syncBuffer{}, done: make(chan struct{})}
 	p.Endpoint = "unix://" + p.Socket
+	p.StateDir = filepath.Join(dir, "state")
 	if err := os.WriteFile(p.ConfigPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(bin, append([]string{"serve", "--config", p.ConfigPath, "--listen", p.Endpoint, "--state-dir", filepath.Join(dir, "state")}, args...)...)
+	p.cmd = exec.Command(bin, append([]string{"serve", "--config", p.ConfigPath, "--listen", p.Endpoint, "--state-dir", p.StateDir}, args...)...)
 	p.cmd.Stdout = p.logs
 	p.cmd.Stderr = p.logs
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

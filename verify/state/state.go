@@ -309,6 +309,50 @@ func merge(ds []Decision, d Decision) []Decision {
 	return out
 }
 
+// Prune forgets the digests keep refuses whose newest decision is older than before, with their
+// evidence, and returns how many it forgot. It keeps the file from growing with every image the
+// node ever ran.
+func (s *Store) Prune(keep func(image, digest string) bool, before time.Time) (int, error) {
+	if s.readOnly {
+		return 0, errors.New("state is open read-only")
+	}
+	s.write.Lock()
+	defer s.write.Unlock()
+	var gone []key
+	s.mu.RLock()
+	for k, ds := range s.decisions {
+		if len(ds) > 0 && ds[0].At.Before(before) && !keep(k.image, k.digest) {
+			gone = append(gone, k)
+		}
+	}
+	s.mu.RUnlock()
+	if len(gone) == 0 {
+		return 0, nil
+	}
+	err := s.do(false, func(tx *bolt.Tx) error {
+		if err := s.prepare(tx); err != nil {
+			return err
+		}
+		for _, k := range gone {
+			for _, b := range [][]byte{decisionsBucket, evidenceBucket} {
+				if err := tx.Bucket(b).Delete(k.bytes()); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("state %s: prune: %w", s.path, err)
+	}
+	s.mu.Lock()
+	for _, k := range gone {
+		delete(s.decisions, k)
+	}
+	s.mu.Unlock()
+	return len(gone), nil
+}
+
 // Len is the number of digests with a decision.
 func (s *Store) Len() int {
 	s.mu.RLock()

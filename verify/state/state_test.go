@@ -313,3 +313,45 @@ func TestKilledWriter(t *testing.T) {
 		}
 	}
 }
+
+func TestPrune(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, recent := time.Unix(1000, 0), time.Unix(5000, 0)
+	ev := &Evidence{Repository: "r", Responses: map[string]Response{"GET x": {Status: 200}}}
+	for _, r := range []struct {
+		digest string
+		at     time.Time
+	}{{"sha256:gone", old}, {"sha256:inuse", old}, {"sha256:recent", recent}} {
+		if err := s.Put("r", r.digest, Decision{RuleHash: "h", At: r.at}, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := s.Prune(func(image, digest string) bool { return digest == "sha256:inuse" }, time.Unix(3000, 0))
+	if err != nil || n != 1 {
+		t.Fatalf("Prune = %d, %v; want 1 forgotten", n, err)
+	}
+	for _, st := range []*Store{s, mustOpen(t, dir)} {
+		for digest, want := range map[string]bool{"sha256:gone": false, "sha256:inuse": true, "sha256:recent": true} {
+			if _, ok := st.Decision("r", digest, "h"); ok != want {
+				t.Errorf("decision for %s kept = %v, want %v", digest, ok, want)
+			}
+			if ev, _ := st.Evidence("r", digest); (ev != nil) != want {
+				t.Errorf("evidence for %s kept = %v, want %v", digest, ev != nil, want)
+			}
+		}
+	}
+}
+
+func mustOpen(t *testing.T, dir string) *Store {
+	t.Helper()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pullgate/pullgate/install"
+)
+
+// installFlags are shared by install and uninstall.
+type installFlags struct {
+	hostRoot, systemctl, healthz string
+	kubeletTimeout               time.Duration
+}
+
+func (f *installFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.hostRoot, "host-root", "/", "the host's root directory (/host from the DaemonSet)")
+	fs.StringVar(&f.systemctl, "systemctl", "", `command that runs the host's systemctl (default "systemctl", or nsenter into PID 1's namespaces with --host-root)`)
+	fs.StringVar(&f.healthz, "kubelet-healthz", install.DefaultKubeletHealthz, "kubelet's health endpoint")
+	fs.DurationVar(&f.kubeletTimeout, "kubelet-timeout", 2*time.Minute, "how long kubelet may take to be healthy after a restart")
+}
+
+func (f *installFlags) installer(opts ...install.Option) *install.Installer {
+	systemctl := install.Command{"systemctl"}
+	if f.hostRoot != "/" {
+		systemctl = install.HostSystemctl
+	}
+	if f.systemctl != "" {
+		systemctl = strings.Fields(f.systemctl)
+	}
+	opts = append(opts, install.WithKubeletHealth(install.HTTPHealth(f.healthz)), install.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
+	return install.New(f.hostRoot, systemctl, opts...)
+}
+
+func installCmd(args []string) error {
+	fs := flag.NewFlagSet("install", flag.ContinueOnError)
+	var f installFlags
+	f.register(fs)
+	var src install.Sources
+	fs.StringVar(&src.Binary, "binary", "", "pullgate binary to install (default: this one)")
+	fs.StringVar(&src.Config, "config", "", "configuration to install as "+install.ConfigPath+" (default: keep the installed one)")
+	fs.StringVar(&src.Keys, "keys", "", "directory whose files are installed in "+install.KeysDir)
+	kubeletConfig := fs.String("kubelet-config", install.DefaultKubeletConfig, "kubelet's KubeletConfiguration file on the host")
+	runtimeService := fs.Bool("runtime-service", false, "point kubelet's containerRuntimeEndpoint at pullgate too")
+	probeTimeout := fs.Duration("probe-timeout", time.Minute, "how long pullgate may take to answer on its socket")
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	if src.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		src.Binary = exe
+	}
+	opts := []install.Option{install.WithKubeletConfig(*kubeletConfig), install.WithTimeouts(*probeTimeout, f.kubeletTimeout)}
+	if *runtimeService {
+		opts = append(opts, install.WithRuntimeService())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return f.installer(opts...).Install(ctx, src)
+}
+
+func uninstallCmd(args []string) error {
+	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
+	var f installFlags
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return usageError{err}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	return f.installer(install.WithTimeouts(time.Minute, f.kubeletTimeout)).Uninstall(ctx)
+}

@@ -1,0 +1,226 @@
+package install
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// manifest records, for every host path the installer changed, what was there before pullgate,
+// so that uninstall puts back exactly that: the same bytes, mode and owner, or no file at all.
+type manifest struct {
+	// KubeletConfig is the KubeletConfiguration file the install switched, which uninstall
+	// switches back first.
+	KubeletConfig string     `json:"kubeletConfig,omitempty"`
+	Files         []original `json:"files"`
+	// Dirs the installer created, parents first; uninstall removes those left empty.
+	Dirs []string `json:"dirs"`
+}
+
+type original struct {
+	Path    string      `json:"path"`
+	Existed bool        `json:"existed"`
+	Mode    fs.FileMode `json:"mode,omitempty"`
+	UID     int         `json:"uid,omitempty"`
+	GID     int         `json:"gid,omitempty"`
+	Backup  string      `json:"backup,omitempty"` // file name in BackupDir
+}
+
+func (m *manifest) find(path string) (original, bool) {
+	for _, o := range m.Files {
+		if o.Path == path {
+			return o, true
+		}
+	}
+	return original{}, false
+}
+
+// files changes files under a host root, keeping the originals in BackupDir.
+type files struct {
+	root string
+	m    manifest
+}
+
+func (f *files) host(path string) string { return filepath.Join(f.root, path) }
+
+func (f *files) manifestPath() string { return f.host(filepath.Join(BackupDir, "manifest.json")) }
+
+// load reads the manifest of an earlier install; none is an empty one.
+func (f *files) load() (bool, error) {
+	data, err := os.ReadFile(f.manifestPath())
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read backup manifest: %w", err)
+	}
+	if err := json.Unmarshal(data, &f.m); err != nil {
+		return false, fmt.Errorf("read backup manifest %s: %w", f.manifestPath(), err)
+	}
+	return true, nil
+}
+
+func (f *files) save() error {
+	if err := f.mkdirAll(BackupDir); err != nil {
+		return err
+	}
+	data, err := json.MarshalIndent(f.m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(f.manifestPath(), append(data, '\n'), 0o600, nil)
+}
+
+// put makes path hold data with mode, and reports whether anything changed. Before the first
+// change of a path, what was there is backed up and recorded. The manifest is saved before the
+// file changes, so that an install cut short can still be undone.
+func (f *files) put(path string, data []byte, mode fs.FileMode) (bool, error) {
+	full := f.host(path)
+	fi, err := os.Lstat(full)
+	switch {
+	case err == nil:
+		if fi.Mode().Perm() == mode {
+			if cur, err := os.ReadFile(full); err == nil && bytes.Equal(cur, data) {
+				return false, nil
+			}
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return false, fmt.Errorf("install %s: %w", path, err)
+	}
+	if _, ok := f.m.find(path); !ok {
+		if err := f.backup(path, fi); err != nil {
+			return false, err
+		}
+	}
+	if err := f.mkdirAll(filepath.Dir(path)); err != nil {
+		return false, err
+	}
+	if err := f.save(); err != nil {
+		return false, fmt.Errorf("install %s: %w", path, err)
+	}
+	var owner *syscall.Stat_t
+	if fi != nil {
+		owner, _ = fi.Sys().(*syscall.Stat_t)
+	}
+	if err := writeAtomic(full, data, mode, owner); err != nil {
+		return false, fmt.Errorf("install %s: %w", path, err)
+	}
+	return true, nil
+}
+
+func (f *files) backup(path string, fi fs.FileInfo) error {
+	o := original{Path: path}
+	if fi != nil {
+		if !fi.Mode().IsRegular() {
+			return fmt.Errorf("install %s: exists and is not a regular file (a symbolic link is not followed, so that uninstall can put it back); move it away first", path)
+		}
+		data, err := os.ReadFile(f.host(path))
+		if err != nil {
+			return fmt.Errorf("back up %s: %w", path, err)
+		}
+		o.Existed, o.Mode = true, fi.Mode().Perm()
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			o.UID, o.GID = int(st.Uid), int(st.Gid)
+		}
+		o.Backup = strings.ReplaceAll(strings.TrimPrefix(path, "/"), "/", "_")
+		if err := f.mkdirAll(BackupDir); err != nil {
+			return err
+		}
+		if err := writeAtomic(f.host(filepath.Join(BackupDir, o.Backup)), data, 0o600, nil); err != nil {
+			return fmt.Errorf("back up %s: %w", path, err)
+		}
+	}
+	f.m.Files = append(f.m.Files, o)
+	return nil
+}
+
+// restore puts back what was at o.Path before pullgate.
+func (f *files) restore(o original) (bool, error) {
+	full := f.host(o.Path)
+	if !o.Existed {
+		err := os.Remove(full)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("remove %s: %w", o.Path, err)
+		}
+		return true, nil
+	}
+	data, err := os.ReadFile(f.host(filepath.Join(BackupDir, o.Backup)))
+	if err != nil {
+		return false, fmt.Errorf("restore %s: %w", o.Path, err)
+	}
+	if cur, err := os.ReadFile(full); err == nil && bytes.Equal(cur, data) {
+		if fi, err := os.Stat(full); err == nil && fi.Mode().Perm() == o.Mode && ownedBy(fi, o.UID, o.GID) {
+			return false, nil
+		}
+	}
+	owner := &syscall.Stat_t{Uid: uint32(o.UID), Gid: uint32(o.GID)}
+	if err := writeAtomic(full, data, o.Mode, owner); err != nil {
+		return false, fmt.Errorf("restore %s: %w", o.Path, err)
+	}
+	return true, nil
+}
+
+func ownedBy(fi fs.FileInfo, uid, gid int) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == uid && int(st.Gid) == gid
+}
+
+// mkdirAll creates the missing directories of a host path and records them.
+func (f *files) mkdirAll(dir string) error {
+	if dir == "/" || dir == "." {
+		return nil
+	}
+	if err := f.mkdirAll(filepath.Dir(dir)); err != nil {
+		return err
+	}
+	err := os.Mkdir(f.host(dir), 0o755)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	f.m.Dirs = append(f.m.Dirs, dir)
+	return nil
+}
+
+// writeAtomic replaces path by data in one rename, so that a reader (systemd starting the
+// binary, kubelet reading its configuration) sees the old file or the new one, never half.
+func writeAtomic(path string, data []byte, mode fs.FileMode, owner *syscall.Stat_t) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".pullgate-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if owner != nil {
+		if err := tmp.Chown(int(owner.Uid), int(owner.Gid)); err != nil {
+			tmp.Close()
+			return err
+		}
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

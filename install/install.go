@@ -1,0 +1,490 @@
+// Package install puts pullgate on a node and takes it off again: the binary, units,
+// configuration and keys, and kubelet's image service endpoint, which is switched only after
+// pullgate answered on its socket and switched back when kubelet does not come back healthy.
+// Every file it changes is backed up first, and uninstall puts back exactly what was there.
+package install
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pullgate/pullgate/proxy/config"
+	"github.com/pullgate/pullgate/systemd"
+)
+
+// Places on the host, relative to its root.
+const (
+	BinaryPath  = "/usr/local/bin/pullgate"
+	ConfigPath  = config.DefaultPath
+	KeysDir     = "/etc/pullgate/keys"
+	UnitDir     = "/etc/systemd/system"
+	KubeletDrop = "/etc/systemd/system/kubelet.service.d/10-pullgate.conf"
+	Socket      = "/run/pullgate/pullgate.sock"
+	BackupDir   = "/var/lib/pullgate/backup"
+
+	DefaultKubeletConfig  = "/var/lib/kubelet/config.yaml"
+	DefaultKubeletHealthz = "http://127.0.0.1:10248/healthz"
+	Endpoint              = "unix://" + Socket
+)
+
+// Systemctl runs systemctl on the host.
+type Systemctl interface {
+	Run(ctx context.Context, args ...string) error
+}
+
+// Sources are what Install puts on the host.
+type Sources struct {
+	Binary string // the pullgate binary
+	Config string // configuration file; empty keeps the installed one
+	Keys   string // directory whose files go to KeysDir; empty installs none
+}
+
+// Installer installs pullgate under a host root.
+type Installer struct {
+	root           string
+	systemctl      Systemctl
+	probe          func(ctx context.Context, socket string) error
+	kubeletHealthy func(context.Context) error
+	kubeletConfig  string
+	runtimeService bool
+	probeTimeout   time.Duration
+	kubeletTimeout time.Duration
+	log            *slog.Logger
+}
+
+// Option changes a default of New.
+type Option func(*Installer)
+
+// WithProbe replaces CRIProbe, the check that pullgate answers on its socket.
+func WithProbe(probe func(ctx context.Context, socket string) error) Option {
+	return func(in *Installer) { in.probe = probe }
+}
+
+// WithKubeletHealth replaces the check of kubelet's health (HTTPHealth(DefaultKubeletHealthz)).
+func WithKubeletHealth(check func(context.Context) error) Option {
+	return func(in *Installer) { in.kubeletHealthy = check }
+}
+
+// WithKubeletConfig names kubelet's KubeletConfiguration file on the host (DefaultKubeletConfig).
+func WithKubeletConfig(path string) Option {
+	return func(in *Installer) { in.kubeletConfig = path }
+}
+
+// WithRuntimeService points kubelet's containerRuntimeEndpoint at pullgate too.
+func WithRuntimeService() Option {
+	return func(in *Installer) { in.runtimeService = true }
+}
+
+// WithTimeouts bounds the wait for pullgate to answer (60s) and for kubelet to be healthy
+// after a restart (120s).
+func WithTimeouts(probe, kubelet time.Duration) Option {
+	return func(in *Installer) { in.probeTimeout, in.kubeletTimeout = probe, kubelet }
+}
+
+// WithLogger reports each step (default: nothing).
+func WithLogger(l *slog.Logger) Option {
+	return func(in *Installer) { in.log = l }
+}
+
+// New returns an installer for the host whose root directory is root ("/" on the host itself).
+func New(root string, systemctl Systemctl, opts ...Option) *Installer {
+	in := &Installer{
+		root:           root,
+		systemctl:      systemctl,
+		probe:          CRIProbe,
+		kubeletHealthy: HTTPHealth(DefaultKubeletHealthz),
+		kubeletConfig:  DefaultKubeletConfig,
+		probeTimeout:   60 * time.Second,
+		kubeletTimeout: 120 * time.Second,
+		log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
+	for _, o := range opts {
+		o(in)
+	}
+	return in
+}
+
+// Install puts pullgate in place and starts it, then points kubelet at it once it answers.
+// Running it again with the same sources changes nothing; with a new binary it upgrades in
+// place, the socket staying open across the restart.
+func (in *Installer) Install(ctx context.Context, src Sources) error {
+	// Read and check everything before the first change.
+	bin, err := os.ReadFile(src.Binary)
+	if err != nil {
+		return fmt.Errorf("install: read binary: %w", err)
+	}
+	var cfg []byte
+	if src.Config != "" {
+		if cfg, err = readConfig(src.Config); err != nil {
+			return err
+		}
+	} else if _, err := os.Stat(in.host(ConfigPath)); err != nil {
+		return fmt.Errorf("install: no configuration at %s: pass --config FILE (systemd/config.yaml is an example; its defaultAction deny refuses every pull until policies are added)", ConfigPath)
+	}
+	keys, err := readKeys(src.Keys)
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Lstat(in.host(in.kubeletConfig)); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("install: kubelet configuration %s is not a regular file; point --kubelet-config at the file itself", in.kubeletConfig)
+	}
+	kubeletBefore, err := os.ReadFile(in.host(in.kubeletConfig))
+	if err != nil {
+		return fmt.Errorf("install: read kubelet configuration: %w; point --kubelet-config at the KubeletConfiguration file kubelet runs with", err)
+	}
+	kubeletAfter, err := setFields(kubeletBefore, in.endpoints())
+	if err != nil {
+		return fmt.Errorf("install: kubelet configuration %s: %w", in.kubeletConfig, err)
+	}
+
+	f := &files{root: in.root}
+	if _, err := f.load(); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	f.m.KubeletConfig = in.kubeletConfig
+	var undo []file
+	unitsChanged, err := in.putAll(f, &undo, []file{
+		{UnitDir + "/pullgate.socket", unit("pullgate.socket"), 0o644},
+		{UnitDir + "/pullgate.service", unit("pullgate.service"), 0o644},
+		{KubeletDrop, unit("10-pullgate.conf"), 0o644},
+	})
+	if err != nil {
+		return err
+	}
+	daemonFiles := []file{{BinaryPath, bin, 0o755}}
+	if cfg != nil {
+		daemonFiles = append(daemonFiles, file{ConfigPath, cfg, 0o644})
+	}
+	for _, k := range keys {
+		daemonFiles = append(daemonFiles, file{filepath.Join(KeysDir, k.name), k.data, 0o644})
+	}
+	daemonChanged, err := in.putAll(f, &undo, daemonFiles)
+	if err != nil {
+		return err
+	}
+
+	if unitsChanged {
+		if err := in.systemctl.Run(ctx, "daemon-reload"); err != nil {
+			return fmt.Errorf("install: %w", err)
+		}
+	}
+	if err := in.systemctl.Run(ctx, "enable", "pullgate.socket", "pullgate.service"); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	if err := in.systemctl.Run(ctx, "start", "pullgate.socket"); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	// The socket unit keeps the listening socket during a restart, so kubelet's calls wait.
+	start := "start"
+	if unitsChanged || daemonChanged {
+		start = "restart"
+	}
+	err = in.systemctl.Run(ctx, start, "pullgate.service")
+	if err == nil {
+		err = in.probeSocket(ctx)
+	}
+	if err != nil {
+		if !usesPullgate(kubeletBefore) {
+			return fmt.Errorf("install: %w; kubelet left as it was; see journalctl -u pullgate", err)
+		}
+		// kubelet already uses pullgate: an upgrade that does not answer is rolled back.
+		if rerr := in.rollback(ctx, f, undo, unitsChanged); rerr != nil {
+			return fmt.Errorf("install: %w; putting back the previous files: %w; kubelet uses pullgate: see journalctl -u pullgate now", err, rerr)
+		}
+		return fmt.Errorf("install: %w; put back the previous files, and pullgate answers again; see journalctl -u pullgate", err)
+	}
+	in.log.Info("pullgate answers", "socket", Socket)
+
+	if bytes.Equal(kubeletBefore, kubeletAfter) {
+		in.log.Info("kubelet already uses pullgate", "config", in.kubeletConfig)
+		return nil
+	}
+	mode := fileMode(in.host(in.kubeletConfig))
+	if _, err := f.put(in.kubeletConfig, kubeletAfter, mode); err != nil {
+		return err
+	}
+	in.log.Info("switched kubelet to pullgate, restarting kubelet", "config", in.kubeletConfig, "endpoint", Endpoint)
+	if err := in.restartKubelet(ctx); err != nil {
+		if _, perr := f.put(in.kubeletConfig, kubeletBefore, mode); perr != nil {
+			return fmt.Errorf("install: kubelet not healthy after the switch to pullgate (%v), and the previous %s could not be put back: %w", err, in.kubeletConfig, perr)
+		}
+		again := "kubelet is healthy again"
+		if rerr := in.restartKubelet(ctx); rerr != nil {
+			again = fmt.Sprintf("kubelet is not healthy with it either: %v", rerr)
+		}
+		return fmt.Errorf("install: kubelet not healthy after the switch to pullgate: %w; put back the previous %s and restarted kubelet; %s", err, in.kubeletConfig, again)
+	}
+	in.log.Info("kubelet healthy with pullgate")
+	return nil
+}
+
+// Uninstall points kubelet back at what it used before, while pullgate still answers, then
+// stops pullgate and puts back every file as it was before the first install.
+func (in *Installer) Uninstall(ctx context.Context) error {
+	f := &files{root: in.root}
+	found, err := f.load()
+	if err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	if !found {
+		in.log.Info("nothing to uninstall", "manifest", filepath.Join(BackupDir, "manifest.json"))
+		return nil
+	}
+	kubelet, ok := f.m.find(f.m.KubeletConfig)
+	if ok {
+		changed, err := in.revertKubelet(f, kubelet)
+		if err != nil {
+			return fmt.Errorf("uninstall: kubelet configuration %s: %w; set its imageServiceEndpoint back by hand (the original is in %s), then run pullgate uninstall again", kubelet.Path, err, BackupDir)
+		}
+		if changed {
+			in.log.Info("restored kubelet configuration, restarting kubelet", "config", kubelet.Path)
+			if err := in.restartKubelet(ctx); err != nil {
+				return fmt.Errorf("uninstall: kubelet not healthy with its restored configuration %s: %w; pullgate left running; fix kubelet, then run pullgate uninstall again", kubelet.Path, err)
+			}
+		}
+	}
+	if err := in.systemctl.Run(ctx, "disable", "--now", "pullgate.service", "pullgate.socket"); err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	for _, o := range slices.Backward(f.m.Files) {
+		if o.Path == kubelet.Path {
+			continue
+		}
+		if _, err := f.restore(o); err != nil {
+			return fmt.Errorf("uninstall: %w", err)
+		}
+		in.log.Info("restored", "path", o.Path, "existed", o.Existed)
+	}
+	if err := in.systemctl.Run(ctx, "daemon-reload"); err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	for _, o := range f.m.Files {
+		if o.Backup != "" {
+			if err := os.Remove(f.host(filepath.Join(BackupDir, o.Backup))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("uninstall: %w", err)
+			}
+		}
+	}
+	if err := os.Remove(f.manifestPath()); err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	// Directories the install created go too, unless something else was put in them since.
+	for _, d := range slices.Backward(f.m.Dirs) {
+		if err := os.Remove(f.host(d)); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
+			return fmt.Errorf("uninstall: %w", err)
+		}
+	}
+	in.log.Info("uninstalled")
+	return nil
+}
+
+// revertKubelet points kubelet's configuration back at what it used before pullgate.
+func (in *Installer) revertKubelet(f *files, o original) (bool, error) {
+	current, err := os.ReadFile(in.host(o.Path))
+	if errors.Is(err, fs.ErrNotExist) {
+		return f.restore(o)
+	}
+	if err != nil {
+		return false, err
+	}
+	orig, err := os.ReadFile(in.host(filepath.Join(BackupDir, o.Backup)))
+	if err != nil {
+		return false, err
+	}
+	data, exact, err := revert(orig, current)
+	if err != nil {
+		return false, err
+	}
+	if exact {
+		return f.restore(o)
+	}
+	if bytes.Equal(data, current) {
+		return false, nil
+	}
+	in.log.Warn("kubelet configuration changed since pullgate install; setting back only its endpoints", "config", o.Path)
+	fi, err := os.Stat(in.host(o.Path))
+	if err != nil {
+		return false, err
+	}
+	owner, _ := fi.Sys().(*syscall.Stat_t)
+	return true, writeAtomic(in.host(o.Path), data, fi.Mode().Perm(), owner)
+}
+
+func (in *Installer) host(path string) string { return filepath.Join(in.root, path) }
+
+func (in *Installer) endpoints() []field {
+	fs := []field{{key: endpointKeys[0], value: Endpoint}}
+	if in.runtimeService {
+		fs = append(fs, field{key: endpointKeys[1], value: Endpoint})
+	}
+	return fs
+}
+
+func (in *Installer) probeSocket(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, in.probeTimeout)
+	defer cancel()
+	if err := in.probe(ctx, in.host(Socket)); err != nil {
+		return fmt.Errorf("pullgate does not answer on %s within %s: %w", Socket, in.probeTimeout, err)
+	}
+	return nil
+}
+
+// rollback puts back the files as they were before this install, restarts pullgate and probes it.
+func (in *Installer) rollback(ctx context.Context, f *files, undo []file, unitsChanged bool) error {
+	for _, u := range slices.Backward(undo) {
+		if u.data == nil {
+			if err := os.Remove(in.host(u.path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if _, err := f.put(u.path, u.data, u.mode); err != nil {
+			return err
+		}
+	}
+	if unitsChanged {
+		if err := in.systemctl.Run(ctx, "daemon-reload"); err != nil {
+			return err
+		}
+	}
+	if err := in.systemctl.Run(ctx, "restart", "pullgate.service"); err != nil {
+		return err
+	}
+	return in.probeSocket(ctx)
+}
+
+func (in *Installer) restartKubelet(ctx context.Context) error {
+	if err := in.systemctl.Run(ctx, "restart", "kubelet.service"); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, in.kubeletTimeout)
+	defer cancel()
+	return in.kubeletHealthy(ctx)
+}
+
+type file struct {
+	path string
+	data []byte
+	mode fs.FileMode
+}
+
+// putAll puts every file in place and appends to undo what each changed file was before (no
+// data for a file that did not exist).
+func (in *Installer) putAll(f *files, undo *[]file, list []file) (bool, error) {
+	changed := false
+	for _, fl := range list {
+		prev := file{path: fl.path}
+		if data, err := os.ReadFile(in.host(fl.path)); err == nil {
+			prev.data, prev.mode = data, fileMode(in.host(fl.path))
+		}
+		c, err := f.put(fl.path, fl.data, fl.mode)
+		if err != nil {
+			return false, err
+		}
+		if c {
+			*undo = append(*undo, prev)
+			in.log.Info("installed", "path", fl.path)
+		}
+		changed = changed || c
+	}
+	return changed, nil
+}
+
+func unit(name string) []byte {
+	data, err := systemd.Files.ReadFile(name)
+	if err != nil {
+		panic(err) // embedded at build time
+	}
+	return data
+}
+
+func fileMode(path string) fs.FileMode {
+	if fi, err := os.Stat(path); err == nil {
+		return fi.Mode().Perm()
+	}
+	return 0o644
+}
+
+func readConfig(path string) ([]byte, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("install: read configuration: %w", err)
+	}
+	c, err := config.Parse(data)
+	if err == nil {
+		err = withoutMissingFiles(c.Validate())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("install: configuration %s: %w; check it with pullgate check-config", path, err)
+	}
+	return data, nil
+}
+
+// withoutMissingFiles drops the problems of files the configuration names (keys, trusted
+// root): they are host paths, installed along with it, and the unit's ExecStartPre checks them
+// on the host before pullgate starts. The policy compiler formats rather than wraps its
+// errors, so they are recognised by the operating system's message.
+func withoutMissingFiles(err error) error {
+	if err == nil {
+		return nil
+	}
+	problems := []error{err}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		problems = j.Unwrap()
+	}
+	var kept []error
+	for _, p := range problems {
+		if !errors.Is(p, fs.ErrNotExist) && !strings.HasSuffix(p.Error(), syscall.ENOENT.Error()) {
+			kept = append(kept, p)
+		}
+	}
+	return errors.Join(kept...)
+}
+
+type key struct {
+	name string
+	data []byte
+}
+
+// readKeys reads the files of dir, following symbolic links as a mounted Secret has them and
+// leaving out its hidden bookkeeping entries.
+func readKeys(dir string) ([]key, error) {
+	if dir == "" {
+		return nil, nil
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("install: read keys: %w", err)
+	}
+	var keys []key
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		fi, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("install: read keys: %w", err)
+		}
+		if !fi.Mode().IsRegular() {
+			continue
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("install: read keys: %w", err)
+		}
+		keys = append(keys, key{e.Name(), data})
+	}
+	return keys, nil
+}

@@ -1,0 +1,627 @@
+package install
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pullgate/pullgate/systemd"
+)
+
+const kubeletConfig = `# written by kubeadm
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: systemd
+imageServiceEndpoint:
+  unix:///run/containerd/containerd.sock
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+# kept as it is
+authentication:
+  anonymous:
+    enabled: false
+`
+
+const switched = `# written by kubeadm
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+cgroupDriver: systemd
+imageServiceEndpoint: unix:///run/pullgate/pullgate.sock
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+# kept as it is
+authentication:
+  anonymous:
+    enabled: false
+`
+
+const kubeletPath = "/etc/kubernetes/kubelet-config.yaml"
+
+// node is a temporary host root with kubelet's configuration, systemctl and kubelet's health
+// stood in by fakes that record what happened in order.
+type node struct {
+	t      *testing.T
+	root   string
+	src    Sources
+	mu     sync.Mutex
+	events []string
+	// probeErrs and healthErrs are the answers of successive probes and health checks;
+	// after the last one, nil.
+	probeErrs, healthErrs []error
+	// systemctlErrs fail systemctl commands, once each.
+	systemctlErrs map[string]error
+}
+
+func newNode(t *testing.T) *node {
+	t.Helper()
+	n := &node{t: t, root: t.TempDir()}
+	n.write(kubeletPath, kubeletConfig, 0o600)
+	n.write("/etc/systemd/system/containerd.service", "[Service]\n", 0o644)
+	src := t.TempDir()
+	n.src = Sources{Binary: filepath.Join(src, "pullgate"), Config: "../systemd/config.yaml", Keys: filepath.Join(src, "keys")}
+	writeFile(t, n.src.Binary, "binary v1", 0o755)
+	// As a mounted Secret: files are links into a hidden, timestamped directory.
+	writeFile(t, filepath.Join(n.src.Keys, "..2026_11_23", "release.pub"), "PUBLIC KEY", 0o644)
+	if err := os.Symlink("..2026_11_23", filepath.Join(n.src.Keys, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..data/release.pub", filepath.Join(n.src.Keys, "release.pub")); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (n *node) write(path, data string, mode fs.FileMode) {
+	n.t.Helper()
+	writeFile(n.t, filepath.Join(n.root, path), data, mode)
+}
+
+func writeFile(t *testing.T, path, data string, mode fs.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(data), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *node) read(path string) string {
+	n.t.Helper()
+	data, err := os.ReadFile(filepath.Join(n.root, path))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return string(data)
+}
+
+// kubeletEndpoint is kubelet's image service endpoint as its configuration file says now.
+func (n *node) kubeletEndpoint() string {
+	m, err := decodeMap([]byte(n.read(kubeletPath)))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return fmt.Sprint(m["imageServiceEndpoint"])
+}
+
+func (n *node) record(e string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.events = append(n.events, e)
+}
+
+func (n *node) Run(_ context.Context, args ...string) error {
+	e := "systemctl " + strings.Join(args, " ")
+	if e == "systemctl restart kubelet.service" {
+		e += " -> " + n.kubeletEndpoint()
+	}
+	n.record(e)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	err := n.systemctlErrs[e]
+	delete(n.systemctlErrs, e)
+	return err
+}
+
+func (n *node) probe(_ context.Context, socket string) error {
+	if socket != filepath.Join(n.root, Socket) {
+		n.t.Errorf("probed %s, want the socket under the host root", socket)
+	}
+	n.record("probe, kubelet on " + n.kubeletEndpoint())
+	return pop(&n.probeErrs)
+}
+
+func (n *node) health(context.Context) error {
+	n.record("healthz")
+	return pop(&n.healthErrs)
+}
+
+func pop(errs *[]error) error {
+	if len(*errs) == 0 {
+		return nil
+	}
+	err := (*errs)[0]
+	*errs = (*errs)[1:]
+	return err
+}
+
+func (n *node) installer(opts ...Option) *Installer {
+	return New(n.root, n, append([]Option{WithProbe(n.probe), WithKubeletHealth(n.health), WithKubeletConfig(kubeletPath)}, opts...)...)
+}
+
+// takeEvents returns what happened since the last call.
+func (n *node) takeEvents() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	e := n.events
+	n.events = nil
+	return e
+}
+
+// snapshot describes every file and directory under the root: type, mode, owner and content.
+func (n *node) snapshot() map[string]string {
+	n.t.Helper()
+	s := map[string]string{}
+	err := filepath.WalkDir(n.root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		desc := fmt.Sprintf("%v %d:%d", fi.Mode(), st.Uid, st.Gid)
+		if fi.Mode().IsRegular() {
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			desc += " " + string(data)
+		}
+		s[strings.TrimPrefix(p, n.root)] = desc
+		return nil
+	})
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return s
+}
+
+func equalEvents(t *testing.T, step string, got, want []string) {
+	t.Helper()
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("%s: systemctl, probe and healthz calls:\n  got  %q\n  want %q", step, got, want)
+	}
+}
+
+func TestInstall(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	in := n.installer()
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	// kubelet is switched only after pullgate answered, and restarted after the switch.
+	equalEvents(t, "install", n.takeEvents(), []string{
+		"systemctl daemon-reload",
+		"systemctl enable pullgate.socket pullgate.service",
+		"systemctl start pullgate.socket",
+		"systemctl restart pullgate.service",
+		"probe, kubelet on unix:///run/containerd/containerd.sock",
+		"systemctl restart kubelet.service -> unix:///run/pullgate/pullgate.sock",
+		"healthz",
+	})
+	shippedConfig, _ := os.ReadFile("../systemd/config.yaml")
+	for _, f := range []struct {
+		path string
+		mode fs.FileMode
+		want string
+	}{
+		{BinaryPath, 0o755, "binary v1"},
+		{"/etc/systemd/system/pullgate.socket", 0o644, string(unit("pullgate.socket"))},
+		{"/etc/systemd/system/pullgate.service", 0o644, string(unit("pullgate.service"))},
+		{KubeletDrop, 0o644, string(unit("10-pullgate.conf"))},
+		{ConfigPath, 0o644, string(shippedConfig)},
+		{KeysDir + "/release.pub", 0o644, "PUBLIC KEY"},
+		// Only the endpoint's lines changed; mode kept.
+		{kubeletPath, 0o600, switched},
+	} {
+		fi, err := os.Stat(filepath.Join(n.root, f.path))
+		if err != nil {
+			t.Errorf("%s: %v", f.path, err)
+			continue
+		}
+		if fi.Mode().Perm() != f.mode {
+			t.Errorf("%s: mode %v, want %v", f.path, fi.Mode().Perm(), f.mode)
+		}
+		if got := n.read(f.path); got != f.want {
+			t.Errorf("%s:\n%s\nwant\n%s", f.path, got, f.want)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(n.root, KeysDir, "..data")); err == nil {
+		t.Errorf("the Secret's hidden entries were copied")
+	}
+	if got, _ := systemd.Files.ReadFile("pullgate.service"); !strings.Contains(string(got), "ExecStart="+BinaryPath+" serve") {
+		t.Errorf("the unit does not run %s", BinaryPath)
+	}
+
+	// Again: nothing changes, nothing restarts.
+	before := n.snapshot()
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	equalEvents(t, "second install", n.takeEvents(), []string{
+		"systemctl enable pullgate.socket pullgate.service",
+		"systemctl start pullgate.socket",
+		"systemctl start pullgate.service",
+		"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+	})
+	if after := n.snapshot(); !reflect.DeepEqual(before, after) {
+		t.Errorf("second install changed files:\nbefore %v\nafter  %v", before, after)
+	}
+}
+
+func TestInstallRuntimeService(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	if err := n.installer(WithRuntimeService()).Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	want := strings.Replace(switched, "containerRuntimeEndpoint: unix:///run/containerd/containerd.sock", "containerRuntimeEndpoint: unix:///run/pullgate/pullgate.sock", 1)
+	if got := n.read(kubeletPath); got != want {
+		t.Errorf("kubelet configuration:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// Nothing about kubelet changes until pullgate answers.
+func TestInstallPullgateDoesNotAnswer(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	n.probeErrs = []error{errors.New("connection refused")}
+	err := n.installer().Install(t.Context(), n.src)
+	if err == nil || !strings.Contains(err.Error(), "kubelet left as it was") || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("Install = %v, want the probe's error and kubelet left alone", err)
+	}
+	if got := n.read(kubeletPath); got != kubeletConfig {
+		t.Errorf("kubelet configuration changed:\n%s", got)
+	}
+	for _, e := range n.takeEvents() {
+		if strings.Contains(e, "kubelet.service") || e == "healthz" {
+			t.Errorf("kubelet touched: %s", e)
+		}
+	}
+}
+
+// A kubelet that does not come back healthy gets its previous configuration back.
+func TestInstallKubeletRollback(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	n.healthErrs = []error{errors.New("healthz: 500")}
+	err := n.installer().Install(t.Context(), n.src)
+	if err == nil || !strings.Contains(err.Error(), "put back the previous "+kubeletPath) || !strings.Contains(err.Error(), "kubelet is healthy again") {
+		t.Fatalf("Install = %v, want a rollback report", err)
+	}
+	equalEvents(t, "install", n.takeEvents()[4:], []string{
+		"probe, kubelet on unix:///run/containerd/containerd.sock",
+		"systemctl restart kubelet.service -> unix:///run/pullgate/pullgate.sock",
+		"healthz",
+		"systemctl restart kubelet.service -> unix:///run/containerd/containerd.sock",
+		"healthz",
+	})
+	if got := n.read(kubeletPath); got != kubeletConfig {
+		t.Errorf("kubelet configuration not put back:\n%s", got)
+	}
+}
+
+// kubelet's health is awaited no longer than the timeout.
+func TestKubeletTimeout(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	in := New(n.root, n, WithProbe(n.probe), WithKubeletConfig(kubeletPath), WithTimeouts(time.Minute, 50*time.Millisecond),
+		WithKubeletHealth(func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }))
+	err := in.Install(t.Context(), n.src)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Install = %v, want the health check's deadline", err)
+	}
+	if got := n.read(kubeletPath); got != kubeletConfig {
+		t.Errorf("kubelet configuration not put back:\n%s", got)
+	}
+}
+
+func TestUpgrade(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	in := n.installer()
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	n.takeEvents()
+	writeFile(t, n.src.Binary, "binary v2", 0o755)
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	// The service restarts behind its socket; kubelet is not touched.
+	equalEvents(t, "upgrade", n.takeEvents(), []string{
+		"systemctl enable pullgate.socket pullgate.service",
+		"systemctl start pullgate.socket",
+		"systemctl restart pullgate.service",
+		"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+	})
+	if got := n.read(BinaryPath); got != "binary v2" {
+		t.Errorf("binary = %q", got)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(n.root, "/usr/local/bin/.pullgate*"))
+	if len(leftovers) > 0 {
+		t.Errorf("temporary files left: %v", leftovers)
+	}
+
+	// An upgrade that does not answer is rolled back: kubelet already depends on pullgate.
+	writeFile(t, n.src.Binary, "binary v3", 0o755)
+	n.probeErrs = []error{errors.New("Unavailable")}
+	err := in.Install(t.Context(), n.src)
+	if err == nil || !strings.Contains(err.Error(), "pullgate answers again") {
+		t.Fatalf("Install = %v, want a rollback of the upgrade", err)
+	}
+	if got := n.read(BinaryPath); got != "binary v2" {
+		t.Errorf("binary after a failed upgrade = %q, want v2 back", got)
+	}
+	equalEvents(t, "failed upgrade", n.takeEvents()[2:], []string{
+		"systemctl restart pullgate.service",
+		"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+		"systemctl restart pullgate.service",
+		"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+	})
+}
+
+// A new configuration that pullgate refuses to start with (ExecStartPre) is rolled back too.
+func TestUpgradeRefusedConfig(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	in := n.installer()
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	shipped := n.read(ConfigPath)
+	// Its key is checked on the host, where it is installed, not where the installer runs.
+	n.src.Config = filepath.Join(t.TempDir(), "config.yaml")
+	writeFile(t, n.src.Config, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\npolicies:\n- name: a\n  images: [\"**\"]\n  mode: enforce\n  authorities:\n  - name: k\n    key: {file: /etc/pullgate/keys/missing.pub}\n", 0o644)
+	n.systemctlErrs = map[string]error{"systemctl restart pullgate.service": errors.New("exit status 1")}
+	n.takeEvents()
+	err := in.Install(t.Context(), n.src)
+	if err == nil || !strings.Contains(err.Error(), "pullgate answers again") {
+		t.Fatalf("Install = %v, want a rollback", err)
+	}
+	if got := n.read(ConfigPath); got != shipped {
+		t.Errorf("configuration after a refused upgrade:\n%s", got)
+	}
+	equalEvents(t, "refused upgrade", n.takeEvents()[2:], []string{
+		"systemctl restart pullgate.service",
+		"systemctl restart pullgate.service",
+		"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+	})
+}
+
+// An upgrade that also switches the runtime service is rolled back too when it does not answer:
+// kubelet already uses pullgate for images.
+func TestUpgradeWithRuntimeServiceRollback(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	if err := n.installer().Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, n.src.Binary, "binary v2", 0o755)
+	n.probeErrs = []error{errors.New("Unavailable")}
+	err := n.installer(WithRuntimeService()).Install(t.Context(), n.src)
+	if err == nil || !strings.Contains(err.Error(), "pullgate answers again") {
+		t.Fatalf("Install = %v, want a rollback", err)
+	}
+	if got := n.read(BinaryPath); got != "binary v1" {
+		t.Errorf("binary = %q, want v1 back", got)
+	}
+	if got := n.read(kubeletPath); got != switched {
+		t.Errorf("kubelet configuration changed:\n%s", got)
+	}
+}
+
+func TestUninstall(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		setup func(n *node)
+	}{
+		{name: "fresh node", setup: func(*node) {}},
+		{name: "earlier hand-made install", setup: func(n *node) {
+			n.write(BinaryPath, "hand-built binary", 0o700)
+			n.write(ConfigPath, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\ndefaultAction: allow\n", 0o640)
+			n.write("/etc/systemd/system/pullgate.service", "[Service]\nExecStart=/usr/local/bin/pullgate serve\n", 0o600)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			tc.setup(n)
+			before := n.snapshot()
+			in := n.installer()
+			if err := in.Install(t.Context(), n.src); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, n.src.Binary, "binary v2", 0o755)
+			if err := in.Install(t.Context(), n.src); err != nil {
+				t.Fatal(err)
+			}
+			n.takeEvents()
+			if err := in.Uninstall(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			// kubelet leaves pullgate while pullgate still runs.
+			equalEvents(t, "uninstall", n.takeEvents(), []string{
+				"systemctl restart kubelet.service -> unix:///run/containerd/containerd.sock",
+				"healthz",
+				"systemctl disable --now pullgate.service pullgate.socket",
+				"systemctl daemon-reload",
+			})
+			if after := n.snapshot(); !reflect.DeepEqual(before, after) {
+				t.Errorf("uninstall did not restore the node:\nbefore %v\nafter  %v", before, after)
+			}
+			if err := in.Uninstall(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			equalEvents(t, "second uninstall", n.takeEvents(), nil)
+		})
+	}
+}
+
+// A kubelet configuration rewritten since the install (a kubeadm upgrade) keeps its changes:
+// only the endpoints that point at pullgate are set back.
+func TestUninstallKeepsLaterKubeletChanges(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		runtime bool
+		change  func(string) string
+		want    string
+	}{
+		{name: "field added", change: func(s string) string { return s + "maxPods: 200\n" },
+			want: strings.Replace(kubeletConfig, "imageServiceEndpoint:\n  unix:///run/containerd/containerd.sock\n", "imageServiceEndpoint: unix:///run/containerd/containerd.sock\n", 1) + "maxPods: 200\n"},
+		{name: "runtime endpoint too", runtime: true, change: func(s string) string { return "# kubeadm\n" + s },
+			want: "# kubeadm\n" + strings.Replace(kubeletConfig, "imageServiceEndpoint:\n  unix:///run/containerd/containerd.sock\n", "imageServiceEndpoint: unix:///run/containerd/containerd.sock\n", 1)},
+		{name: "already pointed elsewhere", change: func(s string) string {
+			return strings.Replace(s, "imageServiceEndpoint: "+Endpoint, "imageServiceEndpoint: unix:///other.sock", 1)
+		}, want: strings.Replace(switched, "imageServiceEndpoint: "+Endpoint, "imageServiceEndpoint: unix:///other.sock", 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			var opts []Option
+			if tc.runtime {
+				opts = append(opts, WithRuntimeService())
+			}
+			in := n.installer(opts...)
+			if err := in.Install(t.Context(), n.src); err != nil {
+				t.Fatal(err)
+			}
+			n.write(kubeletPath, tc.change(n.read(kubeletPath)), 0o600)
+			if err := in.Uninstall(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if got := n.read(kubeletPath); got != tc.want {
+				t.Errorf("kubelet configuration after uninstall:\n%s\nwant\n%s", got, tc.want)
+			}
+			if _, err := os.Stat(filepath.Join(n.root, BackupDir)); err == nil {
+				t.Errorf("backups left")
+			}
+		})
+	}
+}
+
+// If kubelet is not healthy on its old configuration, pullgate stays so that it can be retried.
+func TestUninstallKubeletUnhealthy(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	in := n.installer()
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	n.takeEvents()
+	n.healthErrs = []error{errors.New("healthz: 500")}
+	if err := in.Uninstall(t.Context()); err == nil || !strings.Contains(err.Error(), "pullgate left running") {
+		t.Fatalf("Uninstall = %v", err)
+	}
+	for _, e := range n.takeEvents() {
+		if strings.Contains(e, "pullgate.service") {
+			t.Errorf("pullgate stopped: %s", e)
+		}
+	}
+	if err := in.Uninstall(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	equalEvents(t, "retry", n.takeEvents(), []string{"systemctl disable --now pullgate.service pullgate.socket", "systemctl daemon-reload"})
+}
+
+func TestInstallRefuses(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		change func(n *node)
+		want   string
+	}{
+		{name: "no configuration", change: func(n *node) { n.src.Config = "" }, want: "pass --config"},
+		{name: "invalid configuration", change: func(n *node) {
+			n.src.Config = filepath.Join(t.TempDir(), "bad.yaml")
+			writeFile(t, n.src.Config, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\ndefaultAction: maybe\n", 0o644)
+		}, want: "defaultAction"},
+		{name: "unknown field", change: func(n *node) {
+			n.src.Config = filepath.Join(t.TempDir(), "bad.yaml")
+			writeFile(t, n.src.Config, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\ndefaultAktion: allow\n", 0o644)
+		}, want: "defaultAktion"},
+		{name: "no kubelet configuration", change: func(n *node) { os.Remove(filepath.Join(n.root, kubeletPath)) }, want: "--kubelet-config"},
+		{name: "kubelet configuration is a link", change: func(n *node) {
+			os.Rename(filepath.Join(n.root, kubeletPath), filepath.Join(n.root, kubeletPath+".real"))
+			os.Symlink(filepath.Base(kubeletPath)+".real", filepath.Join(n.root, kubeletPath))
+		}, want: "not a regular file"},
+		{name: "not a KubeletConfiguration", change: func(n *node) { n.write(kubeletPath, "kind: Pod\n", 0o600) }, want: "not a KubeletConfiguration"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			tc.change(n)
+			before := n.snapshot()
+			err := n.installer().Install(t.Context(), n.src)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Install = %v, want %q", err, tc.want)
+			}
+			if after := n.snapshot(); !reflect.DeepEqual(before, after) {
+				t.Errorf("a refused install changed files")
+			}
+			equalEvents(t, "refused install", n.takeEvents(), nil)
+		})
+	}
+}
+
+func TestSetFields(t *testing.T) {
+	t.Parallel()
+	head := "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"
+	image := []field{{key: "imageServiceEndpoint", value: Endpoint}}
+	for _, tc := range []struct {
+		name    string
+		in      string
+		fields  []field
+		want    string
+		wantErr string
+	}{
+		{name: "added", in: head + "cgroupDriver: systemd", fields: image, want: head + "cgroupDriver: systemd\nimageServiceEndpoint: " + Endpoint + "\n"},
+		{name: "replaced", in: head + "imageServiceEndpoint: unix:///old.sock # old\nport: 10250\n", fields: image, want: head + "imageServiceEndpoint: " + Endpoint + "\nport: 10250\n"},
+		{name: "both", in: head + "containerRuntimeEndpoint: x\n", fields: append(image, field{key: "containerRuntimeEndpoint", value: Endpoint}),
+			want: head + "containerRuntimeEndpoint: " + Endpoint + "\nimageServiceEndpoint: " + Endpoint + "\n"},
+		{name: "nested key of the same name stays", in: head + "x:\n  imageServiceEndpoint: keep\n", fields: image, want: head + "x:\n  imageServiceEndpoint: keep\nimageServiceEndpoint: " + Endpoint + "\n"},
+		{name: "removed", in: head + "imageServiceEndpoint:\n  unix:///x.sock\nport: 1\n", fields: []field{{key: "imageServiceEndpoint", remove: true}}, want: head + "port: 1\n"},
+		{name: "flow style refused", in: `{"apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration"}`, fields: image, wantErr: "by hand"},
+		{name: "not kubelet's", in: "kind: Pod\n", fields: image, wantErr: "not a KubeletConfiguration"},
+		{name: "not YAML", in: "kind: [\n", fields: image, wantErr: "parse"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			got, err := setFields([]byte(tc.in), tc.fields)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("setFields = %q, %v; want error %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || string(got) != tc.want {
+				t.Fatalf("setFields = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+}
