@@ -362,7 +362,7 @@ func (n *node) testAlwaysPins(t *testing.T) {
 	t.Parallel()
 	const repo = "apps/always"
 	ref, _ := n.push(t, n.reg, repo, "v1", "always-old", true)
-	n.ctrd.Pull(ref, n.reg.Username, n.reg.Password)
+	n.pullThroughGate(t, ref) // verified, so ImageStatus reports it present
 	_, fresh := n.push(t, n.reg, repo, "v1", "always-fresh", true)
 	unsigned := n.reg.PushShellImage(t, repo, "next", script("always-unsigned"))
 	freshSig := strings.Replace(manifestDigest(t, fresh).String(), ":", "-", 1) + ".sig"
