@@ -489,13 +489,26 @@ func (n *node) testPodLife(t *testing.T) {
 		t.Errorf("container exited with code %d after the pod was removed, want 0 (stopped with SIGTERM)", exited.ExitCode)
 	}
 	waitOutput(t, c, "stopping life")
-
-	// Each step went through pullgate, not around it.
-	m := metricsText(httpBody(t, n.gate.MetricsURL+"/metrics"))
-	for _, method := range []string{"RunPodSandbox", "CreateContainer", "StartContainer", "ExecSync", "ContainerStatus", "StopContainer", "StopPodSandbox", "PullImage"} {
-		if v := m.value(t, fmt.Sprintf(`pullgate_cri_requests_total{code="OK",method=%q}`, method)); v == 0 {
-			t.Errorf("pullgate served no %s", method)
+	n.remove(t, p) // once kubelet has stopped the sandbox too
+	// Each step went through pullgate, not around it. pullgate counts a call when it has
+	// answered it, a moment after containerd acted on it.
+	methods := []string{"RunPodSandbox", "CreateContainer", "StartContainer", "ExecSync", "ContainerStatus", "StopContainer", "StopPodSandbox", "PullImage"}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m := metricsText(httpBody(t, n.gate.MetricsURL+"/metrics"))
+		var missing []string
+		for _, method := range methods {
+			if m.value(t, fmt.Sprintf(`pullgate_cri_requests_total{code="OK",method=%q}`, method)) == 0 {
+				missing = append(missing, method)
+			}
 		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pullgate served no %v", missing)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
