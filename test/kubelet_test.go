@@ -323,8 +323,8 @@ func (n *node) testSignedNodeCredentials(t *testing.T) {
 	n.start(t, p)
 	c := n.waitContainer(t, p.namespace, runtimeapi.ContainerState_CONTAINER_RUNNING)
 	waitOutput(t, c, "started signed-node-creds")
-	if c.ImageRef != configDigest(t, img) && !strings.HasSuffix(c.ImageRef, manifestDigest(t, img).String()) {
-		t.Errorf("container runs image %s, want %s", c.ImageRef, manifestDigest(t, img))
+	if want := ref[:strings.LastIndex(ref, ":")] + "@" + manifestDigest(t, img).String(); c.ImageRef != want {
+		t.Errorf("container runs image %s, want %s", c.ImageRef, want)
 	}
 }
 
