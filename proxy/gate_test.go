@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -253,5 +254,41 @@ func TestCreateContainerImageVolumes(t *testing.T) {
 	}
 	if n := len(e.runtime.callsTo("CreateContainer")); n != 0 {
 		t.Errorf("the runtime saw %d refused CreateContainer", n)
+	}
+}
+
+func TestGateMetrics(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	e := start(t, setup{
+		runtime: &fakeRuntime{replies: map[string]proto.Message{"ImageStatus": storedImage(), "CreateContainer": &runtimeapi.CreateContainerResponse{ContainerId: "c-1"}}},
+		verifier: &fakeVerifier{known: func(r verify.Request) (verify.Decision, error) {
+			if r.Namespace == "dev" {
+				return verify.Decision{Rule: "apps", Reason: "never verified"}, nil
+			}
+			return verify.Decision{Allowed: true, Rule: "apps"}, nil
+		}},
+		opts: []proxy.Option{proxy.WithPresentImageChecks(), proxy.WithMetrics(proxy.NewMetrics(reg))},
+	})
+	if _, err := e.imageClient().ImageStatus(t.Context(), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: storeRepo + ":v1"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{"prod", "dev", "dev"} {
+		e.runtimeClient().CreateContainer(t.Context(), createRequest(imageID, storeRepo+":v1", ns))
+	}
+	for _, tc := range []struct {
+		labels map[string]string
+		want   float64
+	}{
+		{map[string]string{"method": "ImageStatus", "verdict": "present", "rule": "apps"}, 1},
+		{map[string]string{"method": "CreateContainer", "verdict": "allowed", "rule": "apps"}, 1},
+		{map[string]string{"method": "CreateContainer", "verdict": "denied", "rule": "apps"}, 2},
+	} {
+		if got := sample(t, reg, "pullgate_present_image_checks_total", tc.labels); got != tc.want {
+			t.Errorf("pullgate_present_image_checks_total%v = %v, want %v", tc.labels, got, tc.want)
+		}
+	}
+	if got := sample(t, reg, "pullgate_cri_requests_total", map[string]string{"method": "CreateContainer", "code": "Unknown"}); got != 2 {
+		t.Errorf("refused CreateContainer counted %v times as Unknown, want 2", got)
 	}
 }
