@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"regexp"
 
 	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
@@ -29,12 +28,9 @@ const (
 	verdictHidden = "hidden"
 )
 
-// imageID matches what the CRI takes as an image's ID rather than a name.
-var imageID = regexp.MustCompile(`^(sha256:)?[a-f0-9]{64}$`)
-
 // imageStatus answers ImageStatus as the runtime does, except that an image whose digest the
 // policy does not allow in every namespace is reported absent, as a missing image is: an empty
-// reply. A lookup by image ID is answered as is; kubelet looks images up by name.
+// reply.
 func (p *Proxy) imageStatus(ctx context.Context, raw *frame) (any, error) {
 	resp, err := p.invokeRaw(ctx, runtimeapi.ImageService_ImageStatus_FullMethodName, raw)
 	if err != nil {
@@ -44,11 +40,6 @@ func (p *Proxy) imageStatus(ctx context.Context, raw *frame) (any, error) {
 	if err := proto.Unmarshal(raw.b, &req); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "pullgate: ImageStatus request: %v", err)
 	}
-	ref := req.GetImage().GetImage()
-	img, err := verify.ParseImage(ref)
-	if err != nil || imageID.MatchString(ref) {
-		return resp, nil
-	}
 	var st runtimeapi.ImageStatusResponse
 	if err := proto.Unmarshal(resp.b, &st); err != nil {
 		return nil, status.Errorf(codes.Internal, "pullgate: runtime's ImageStatus reply: %v", err)
@@ -56,7 +47,8 @@ func (p *Proxy) imageStatus(ctx context.Context, raw *frame) (any, error) {
 	if st.GetImage() == nil {
 		return resp, nil
 	}
-	d, err := p.decideStored(ctx, []verify.Image{img}, st.GetImage(), verify.Request{AllNamespaces: true})
+	ref := req.GetImage().GetImage()
+	d, err := p.decideStored(ctx, namesFor(ref, st.GetImage()), st.GetImage(), verify.Request{AllNamespaces: true})
 	if err != nil {
 		// The node's state could not be read: fail closed, kubelet then pulls through pullgate.
 		p.logger.Error("image reported absent: its decision could not be read", "image", ref, "error", err)
@@ -82,41 +74,62 @@ func (p *Proxy) createContainer(ctx context.Context, raw *frame) (any, error) {
 	}
 	meta := req.GetSandboxConfig().GetMetadata()
 	log := p.logger.With("namespace", meta.GetNamespace(), "pod", meta.GetName(), "container", req.GetConfig().GetMetadata().GetName())
-	spec := req.GetConfig().GetImage()
-	st, err := p.imageClient.ImageStatus(outgoing(ctx), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: spec.GetImage()}})
-	if err != nil {
-		return nil, err // the runtime's own error
-	}
-	if st.GetImage() == nil {
-		// Not in the store: the runtime refuses the container itself, with its own message.
-		return p.invokeRaw(ctx, runtimeapi.RuntimeService_CreateContainer_FullMethodName, raw)
-	}
-	// kubelet names the image by ID and tells the name the pod asked for; that name's rule
-	// decides. Without it, any name the image has in the store may vouch for it: they all
-	// name the same content.
-	var names []verify.Image
-	if u := spec.GetUserSpecifiedImage(); u != "" {
-		img, err := verify.ParseImage(u)
-		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "pullgate: container image %q: %v", u, err)
+	base := verify.Request{Namespace: meta.GetNamespace(), AllNamespaces: meta.GetNamespace() == ""}
+	// The container's image, and the images it mounts as volumes.
+	specs := []*runtimeapi.ImageSpec{req.GetConfig().GetImage()}
+	for _, m := range req.GetConfig().GetMounts() {
+		if m.GetImage() != nil {
+			specs = append(specs, m.GetImage())
 		}
-		names = []verify.Image{img}
-	} else {
-		names = storeNames(st.GetImage())
 	}
-	d, err := p.decideStored(ctx, names, st.GetImage(), verify.Request{Namespace: meta.GetNamespace()})
-	if err != nil {
-		log.Error("container refused: its image's decision could not be read", "image", spec.GetImage(), "error", err)
-		p.countStored("CreateContainer", verdictDenied, "")
-		return nil, status.Errorf(codes.Unknown, "SignatureValidationFailed: pullgate: %s could not be checked: %v", spec.GetImage(), err)
-	}
-	if !d.Allowed {
-		log.Warn("container refused", "image", d.image, "rule", d.Rule, "verdict", verdictDenied, "reason", d.Reason)
-		p.countStored("CreateContainer", verdictDenied, d.Rule)
-		return nil, status.Errorf(codes.Unknown, "SignatureValidationFailed: pullgate: %s denied by policy %q: %s", d.image, d.Rule, d.Reason)
+	var d storedDecision
+	for _, spec := range specs {
+		st, err := p.imageClient.ImageStatus(outgoing(ctx), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: spec.GetImage()}})
+		if err != nil {
+			return nil, err // the runtime's own error
+		}
+		if st.GetImage() == nil {
+			// Not in the store: the runtime refuses the container itself, with its own message.
+			continue
+		}
+		// kubelet names the image by ID and tells the name the pod asked for; that name's
+		// rule decides.
+		ref := spec.GetUserSpecifiedImage()
+		if ref == "" {
+			ref = spec.GetImage()
+		}
+		d, err = p.decideStored(ctx, namesFor(ref, st.GetImage()), st.GetImage(), base)
+		if err != nil {
+			log.Error("container refused: its image's decision could not be read", "image", spec.GetImage(), "error", err)
+			p.countStored("CreateContainer", verdictDenied, "")
+			return nil, status.Errorf(codes.Unknown, "SignatureValidationFailed: pullgate: %s could not be checked: %v", spec.GetImage(), err)
+		}
+		if !d.Allowed {
+			log.Warn("container refused", "image", d.image, "rule", d.Rule, "verdict", verdictDenied, "reason", d.Reason)
+			p.countStored("CreateContainer", verdictDenied, d.Rule)
+			return nil, status.Errorf(codes.Unknown, "SignatureValidationFailed: pullgate: %s denied by policy %q: %s", d.image, d.Rule, d.Reason)
+		}
 	}
 	p.countStored("CreateContainer", verdictAllowed, d.Rule)
 	return p.invokeRaw(ctx, runtimeapi.RuntimeService_CreateContainer_FullMethodName, raw)
+}
+
+// namesFor returns the names to decide an image in the store by: the name it was asked for,
+// when it is one of the store's names for the image; otherwise (an image ID, a digest prefix,
+// an alias containerd resolved) all of them, any of which may vouch for the content they all
+// name.
+func namesFor(ref string, st *runtimeapi.Image) []verify.Image {
+	names := storeNames(st)
+	img, err := verify.ParseImage(ref)
+	if err != nil {
+		return names
+	}
+	for _, n := range names {
+		if n.Name() == img.Name() {
+			return []verify.Image{img}
+		}
+	}
+	return names
 }
 
 // storedDecision is a decision on an image in the store, and the name@digest it was made for.

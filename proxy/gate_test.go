@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -40,6 +41,8 @@ func TestImageStatusGate(t *testing.T) {
 		gate  bool
 		ref   string
 		known func(verify.Request) (verify.Decision, error)
+		// reply is the runtime's answer; storedImage() when nil.
+		reply *runtimeapi.ImageStatusResponse
 		// present is whether the runtime's answer comes through.
 		present bool
 		// asked is what the verifier is asked, as image@digest; nil: nothing.
@@ -52,9 +55,15 @@ func TestImageStatusGate(t *testing.T) {
 			return verify.Decision{}, errors.New("disk on fire")
 		}, asked: []string{storeRepo + "@" + tagDigest.String()}},
 		{name: "pinned by a digest the store holds", gate: true, ref: "registry.example.com/mirror/web@" + pinDigest.String(), present: true, asked: []string{"registry.example.com/mirror/web@" + pinDigest.String()}},
-		{name: "a name the store holds no digest for", gate: true, ref: "registry.example.com/other/web:v1", known: refuse, asked: []string{"registry.example.com/other/web@"}},
-		{name: "by image ID", gate: true, ref: imageID, known: refuse, present: true},
-		{name: "by bare image ID", gate: true, ref: strings.TrimPrefix(imageID, "sha256:"), known: refuse, present: true},
+		{name: "imported without a registry digest", gate: true, ref: "registry.example.com/tools/imported:v2", known: refuse,
+			reply: &runtimeapi.ImageStatusResponse{Image: &runtimeapi.Image{Id: imageID, RepoTags: []string{"registry.example.com/tools/imported:v2"}}},
+			asked: []string{"registry.example.com/tools/imported@"}},
+		// Lookups by ID, or by any spelling the runtime resolves that is not one of the image's
+		// names, are decided by the image's names in the store: a pod may name its image by ID.
+		{name: "by image ID, not verified", gate: true, ref: imageID, known: refuse, asked: []string{storeRepo + "@" + tagDigest.String(), "registry.example.com/mirror/web@" + pinDigest.String()}},
+		{name: "by bare image ID, not verified", gate: true, ref: strings.TrimPrefix(imageID, "sha256:"), known: refuse, asked: []string{storeRepo + "@" + tagDigest.String(), "registry.example.com/mirror/web@" + pinDigest.String()}},
+		{name: "by image ID, verified", gate: true, ref: imageID, present: true, asked: []string{storeRepo + "@" + tagDigest.String()}},
+		{name: "by a digest prefix", gate: true, ref: "sha256:cccc", known: refuse, asked: []string{storeRepo + "@" + tagDigest.String(), "registry.example.com/mirror/web@" + pinDigest.String()}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,8 +72,11 @@ func TestImageStatusGate(t *testing.T) {
 			if tt.gate {
 				opts = append(opts, proxy.WithPresentImageChecks())
 			}
+			if tt.reply == nil {
+				tt.reply = storedImage()
+			}
 			e := start(t, setup{
-				runtime:  &fakeRuntime{replies: map[string]proto.Message{"ImageStatus": storedImage()}},
+				runtime:  &fakeRuntime{replies: map[string]proto.Message{"ImageStatus": tt.reply}},
 				verifier: &fakeVerifier{known: tt.known},
 				opts:     opts,
 			})
@@ -73,7 +85,7 @@ func TestImageStatusGate(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tt.present {
-				if !proto.Equal(img, storedImage()) {
+				if !proto.Equal(img, tt.reply) {
 					t.Errorf("ImageStatus = %v, want the runtime's answer unchanged", img)
 				}
 			} else if img.GetImage() != nil || len(img.GetInfo()) != 0 {
@@ -148,7 +160,14 @@ func TestCreateContainerGate(t *testing.T) {
 		{name: "the pod's name decides, not another name of the same image", req: createRequest(imageID, storeRepo+":v1", "prod"), known: onlyFor("registry.example.com/mirror/web", pinDigest, "prod"),
 			wantError: "SignatureValidationFailed: pullgate: " + storeRepo + "@" + tagDigest.String()},
 		{name: "without the pod's name, any name of the image", req: createRequest(imageID, "", "prod"), known: onlyFor("registry.example.com/mirror/web", pinDigest, "prod"), allowed: true},
-		{name: "unparsable name", req: createRequest(imageID, "apps/UPPER", "prod"), wantError: "pullgate: container image \"apps/UPPER\""},
+		{name: "the pod names its image by ID", req: createRequest(imageID, imageID, "prod"), known: onlyFor("registry.example.com/mirror/web", pinDigest, "prod"), allowed: true},
+		{name: "the pod names its image by ID, never verified", req: createRequest(imageID, imageID, "prod"), known: refuse, wantError: "SignatureValidationFailed: pullgate: " + storeRepo + "@"},
+		{name: "no namespace: every namespace's rule", req: createRequest(imageID, storeRepo+":v1", ""), known: func(r verify.Request) (verify.Decision, error) {
+			if !r.AllNamespaces {
+				return verify.Decision{Rule: "apps", Reason: "asked for one namespace"}, nil
+			}
+			return verify.Decision{Allowed: true, Rule: "apps"}, nil
+		}, allowed: true},
 		{name: "state unreadable", req: createRequest(imageID, storeRepo+":v1", "prod"), known: func(verify.Request) (verify.Decision, error) {
 			return verify.Decision{}, errors.New("disk on fire")
 		}, wantError: "SignatureValidationFailed: pullgate: " + imageID + " could not be checked: disk on fire"},
@@ -206,5 +225,70 @@ func TestCreateContainerImageNotInStore(t *testing.T) {
 	}
 	if n := len(e.runtime.callsTo("ImageStatus")); n != 0 {
 		t.Errorf("without the gate, CreateContainer asked the runtime %d times for ImageStatus", n)
+	}
+}
+
+// Images mounted as volumes are checked like the container's own.
+func TestCreateContainerImageVolumes(t *testing.T) {
+	t.Parallel()
+	const volumeID = "sha256:" + "e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0"
+	volume := &runtimeapi.ImageStatusResponse{Image: &runtimeapi.Image{Id: volumeID, RepoDigests: []string{"registry.example.com/data/set@" + pinDigest.String()}}}
+	e := start(t, setup{
+		runtime: &fakeRuntime{
+			replies:       map[string]proto.Message{"ImageStatus": storedImage(), "CreateContainer": &runtimeapi.CreateContainerResponse{ContainerId: "c-1"}},
+			statusByImage: map[string]*runtimeapi.ImageStatusResponse{volumeID: volume},
+		},
+		verifier: &fakeVerifier{known: func(r verify.Request) (verify.Decision, error) {
+			if r.Image.Name() == "registry.example.com/data/set" {
+				return verify.Decision{Rule: "data", Reason: "never verified on this node"}, nil
+			}
+			return verify.Decision{Allowed: true, Rule: "apps"}, nil
+		}},
+		opts: []proxy.Option{proxy.WithPresentImageChecks()},
+	})
+	req := createRequest(imageID, storeRepo+":v1", "prod")
+	req.Config.Mounts = []*runtimeapi.Mount{{ContainerPath: "/data", Image: &runtimeapi.ImageSpec{Image: volumeID, UserSpecifiedImage: "registry.example.com/data/set:v1"}}}
+	_, err := e.runtimeClient().CreateContainer(t.Context(), req)
+	if !strings.HasPrefix(status.Convert(err).Message(), "SignatureValidationFailed: pullgate: registry.example.com/data/set@"+pinDigest.String()+` denied by policy "data"`) {
+		t.Fatalf("CreateContainer with an unverified image volume: %v", err)
+	}
+	if n := len(e.runtime.callsTo("CreateContainer")); n != 0 {
+		t.Errorf("the runtime saw %d refused CreateContainer", n)
+	}
+}
+
+func TestGateMetrics(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	e := start(t, setup{
+		runtime: &fakeRuntime{replies: map[string]proto.Message{"ImageStatus": storedImage(), "CreateContainer": &runtimeapi.CreateContainerResponse{ContainerId: "c-1"}}},
+		verifier: &fakeVerifier{known: func(r verify.Request) (verify.Decision, error) {
+			if r.Namespace == "dev" {
+				return verify.Decision{Rule: "apps", Reason: "never verified"}, nil
+			}
+			return verify.Decision{Allowed: true, Rule: "apps"}, nil
+		}},
+		opts: []proxy.Option{proxy.WithPresentImageChecks(), proxy.WithMetrics(proxy.NewMetrics(reg))},
+	})
+	if _, err := e.imageClient().ImageStatus(t.Context(), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: storeRepo + ":v1"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range []string{"prod", "dev", "dev"} {
+		e.runtimeClient().CreateContainer(t.Context(), createRequest(imageID, storeRepo+":v1", ns))
+	}
+	for _, tc := range []struct {
+		labels map[string]string
+		want   float64
+	}{
+		{map[string]string{"method": "ImageStatus", "verdict": "present", "rule": "apps"}, 1},
+		{map[string]string{"method": "CreateContainer", "verdict": "allowed", "rule": "apps"}, 1},
+		{map[string]string{"method": "CreateContainer", "verdict": "denied", "rule": "apps"}, 2},
+	} {
+		if got := sample(t, reg, "pullgate_present_image_checks_total", tc.labels); got != tc.want {
+			t.Errorf("pullgate_present_image_checks_total%v = %v, want %v", tc.labels, got, tc.want)
+		}
+	}
+	if got := sample(t, reg, "pullgate_cri_requests_total", map[string]string{"method": "CreateContainer", "code": "Unknown"}); got != 2 {
+		t.Errorf("refused CreateContainer counted %v times as Unknown, want 2", got)
 	}
 }

@@ -66,6 +66,8 @@ type fakeRuntime struct {
 
 	// replies by method name ("ImageStatus"); a method without one answers an empty reply.
 	replies map[string]proto.Message
+	// statusByImage, when it has the image asked for, answers ImageStatus instead of replies.
+	statusByImage map[string]*runtimeapi.ImageStatusResponse
 	// fail, when set, returns the error a call ends with (nil: success).
 	fail func(method string, req proto.Message) error
 	// header and trailer are sent with every answer.
@@ -123,6 +125,9 @@ func answer[R proto.Message](ctx context.Context, f *fakeRuntime, method string,
 }
 
 func (f *fakeRuntime) ImageStatus(ctx context.Context, req *runtimeapi.ImageStatusRequest) (*runtimeapi.ImageStatusResponse, error) {
+	if r, ok := f.statusByImage[req.GetImage().GetImage()]; ok {
+		return r, f.record(ctx, "ImageStatus", req)
+	}
 	return answer[*runtimeapi.ImageStatusResponse](ctx, f, "ImageStatus", req)
 }
 

@@ -39,6 +39,7 @@ func TestPresentImages(t *testing.T) {
 			t.Run("RestartWithRegistryDown", s.testRestartWithRegistryDown)
 			t.Run("PolicyChangeToNewKey", s.testPolicyChangeToNewKey)
 			t.Run("Audit", s.testAudit)
+			t.Run("StateUnavailable", s.testStateUnavailable)
 		})
 	}
 }
@@ -131,6 +132,10 @@ func (s *presentEnv) testImportedImages(t *testing.T) {
 			t.Errorf("ImageStatus(%s) through pullgate = %v; want absent, it was never verified", ref, img)
 		}
 	}
+	// A pod may name its image by ID: the image's names in the store decide.
+	if img := e.status(t, e.images, s.unsignedID); img != nil {
+		t.Errorf("ImageStatus(%s) through pullgate = %v; want absent", s.unsignedID, img)
+	}
 	_, err := e.pull(t, s.unsigned, nil, "default")
 	wantCode(t, err, codes.Unknown, "SignatureValidationFailed: pullgate: ")
 	if img := e.status(t, e.images, s.unsigned); img != nil {
@@ -153,6 +158,7 @@ func (s *presentEnv) testCreateContainer(t *testing.T) {
 	wantRefused(t, create(t, rt, s.unsignedID, s.unsigned, "default"), `denied by policy "apps"`)
 	// Without the name the pod gave, the image's names in the store are tried.
 	wantRefused(t, create(t, rt, s.unsignedID, "", "default"), "present-unsigned@sha256:")
+	wantRefused(t, create(t, rt, s.unsignedID, s.unsignedID, "default"), "present-unsigned@sha256:")
 	wantPastGate(t, create(t, rt, s.signedID, "", "default"))
 }
 
@@ -267,4 +273,22 @@ func exitStderr(err error) string {
 		return string(ee.Stderr)
 	}
 	return ""
+}
+
+// A state directory that cannot be used does not stop pullgate: it serves, fails closed for
+// images it has not verified itself, and remembers what it verifies until it restarts.
+func (s *presentEnv) testStateUnavailable(t *testing.T) {
+	e := &env{ctrd: s.ctrd, node: s.reg}
+	e.gate = harness.StartPullgate(t, harness.PullgateBinary(t), s.enforceConfig(), "--state-dir", "/dev/null/state")
+	e.images = imageService(t, e.gate.Endpoint)
+	e.gate.WaitLog("state unavailable; decisions are kept in memory only until pullgate restarts with a working stateDir", nil)
+	if img := e.status(t, e.images, s.signed); img != nil {
+		t.Errorf("ImageStatus(signed) without a state = %v; want absent", img)
+	}
+	if _, err := e.pull(t, s.signed, nil, "default"); err != nil {
+		t.Fatal(err)
+	}
+	if img := e.status(t, e.images, s.signed); img == nil {
+		t.Error("ImageStatus(signed) after its pull: absent; want present from memory")
+	}
 }

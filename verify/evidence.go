@@ -47,28 +47,36 @@ func responseKey(req *http.Request) string {
 	return req.Method + " " + req.URL.Host + req.URL.RequestURI()
 }
 
+// origin is the request a redirect was followed from, or req itself.
+func origin(req *http.Request) *http.Request {
+	for req.Response != nil && req.Response.Request != nil {
+		req = req.Response.Request
+	}
+	return req
+}
+
 // content tells the requests for a repository's content (manifests, blobs, referrers), and
 // redirects followed from them to a blob store, from everything else: pings, and token
 // requests, whose answers are credentials and are never kept.
 func content(req *http.Request) bool {
-	if req.Response != nil && req.Response.Request != nil {
-		return content(req.Response.Request)
-	}
-	p := req.URL.Path
+	p := origin(req).URL.Path
 	return strings.HasPrefix(p, "/v2/") && (strings.Contains(p, "/manifests/") || strings.Contains(p, "/blobs/") || strings.Contains(p, "/referrers/"))
 }
 
-// keptHeaders are the response headers go-containerregistry and cosign read.
-var keptHeaders = []string{"Content-Type", "Content-Length", "Docker-Content-Digest", "Location", "Link", "OCI-Filters-Applied"}
+// keptHeaders are the response headers go-containerregistry and cosign read. Location is not
+// among them: redirects are not kept (blob stores sign their URLs with credentials).
+var keptHeaders = []string{"Content-Type", "Content-Length", "Docker-Content-Digest", "Link", "OCI-Filters-Applied"}
 
 // recordTransport keeps the answers to content requests made under a context with a recorder.
-// Authentication challenges are left out: the token exchange that follows them is not evidence.
+// Token requests are not content requests: what the registry said about its content is kept,
+// never how the verifier got in. A redirect is kept as the answer it led to, under the registry's own request: blobs are
+// addressed by digest, and the blob store's signed URL never reaches the state.
 type recordTransport struct{ inner http.RoundTripper }
 
 func (t recordTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := t.inner.RoundTrip(req)
 	rec, _ := req.Context().Value(recorderKey{}).(*evidenceRecorder)
-	if err != nil || rec == nil || !content(req) || resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden {
+	if err != nil || rec == nil || !content(req) || (resp.StatusCode >= 300 && resp.StatusCode < 400) {
 		return resp, err
 	}
 	body, err := io.ReadAll(resp.Body)
@@ -90,7 +98,7 @@ func (t recordTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if rec.responses == nil {
 		rec.responses = map[string]state.Response{}
 	}
-	rec.responses[responseKey(req)] = r
+	rec.responses[responseKey(origin(req))] = r
 	rec.mu.Unlock()
 	return resp, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/opencontainers/go-digest"
 
@@ -72,28 +73,32 @@ func (v *Verifier) known(ctx context.Context, p *Policy, r *rule, img Image, dg 
 		d := Decision{Allowed: sd.Verified || r.mode == Warn, Rule: r.name, Mode: r.mode, Reason: sd.Reason, Stored: true}
 		return d, nil
 	}
-	ev, err := v.state.Evidence(key.image, key.digest)
-	if err != nil {
-		return unknown, err
-	}
-	if ev == nil {
-		return unknown, nil
+	if d, ok := v.rechecked.get(key, v.now()); ok {
+		return d, nil
 	}
 	d, _, err := v.offline.Do(ctx, key, func(ctx context.Context) (Decision, error) {
+		ev, err := v.state.Evidence(key.image, key.digest)
+		if err != nil || ev == nil {
+			return unknown, err
+		}
 		ctx, cancel := context.WithTimeout(ctx, p.settings.Timeout)
 		defer cancel()
 		d, _, err := v.check(ctx, p.settings, r, Request{Image: img, Digest: dg}, replay{ev})
-		if err == nil {
-			v.persist(r, img, dg, d, nil)
+		if err != nil {
+			d = unknown
+			d.Reason = fmt.Sprintf("%s@%s was verified under another version of rule %q, and the evidence stored then does not settle this one (%v); pull it through pullgate", img.Name(), dg, r.name, oneLine(err))
+			// Not for long: a pull may store new evidence meanwhile.
+			v.rechecked.put(key, d, v.now(), failureTTL)
+			return d, nil
 		}
-		return d, err
+		d.Stored = true
+		v.persist(r, img, dg, d, nil)
+		// Also in memory, in case the state could not store it: the same evidence gives
+		// the same answer under the same rule.
+		v.rechecked.put(key, d, v.now(), p.settings.CacheTTL)
+		return d, nil
 	})
-	if err != nil {
-		unknown.Reason = fmt.Sprintf("%s@%s was verified under another version of rule %q, and the evidence stored then does not settle this one (%v); pull it through pullgate", img.Name(), dg, r.name, oneLine(err))
-		return unknown, nil
-	}
-	d.Stored = true
-	return d, nil
+	return d, err
 }
 
 // persist stores d, and the evidence it was made on when ev is not nil. A failure to store is
@@ -128,7 +133,7 @@ func (p *Policy) candidates(img Image) (rules []*rule, orDefault bool) {
 			continue
 		}
 		rules = append(rules, r)
-		if len(r.namespaces) == 0 {
+		if len(r.namespaces) == 0 || slices.ContainsFunc(r.namespaces, func(g glob) bool { return g.pattern == "*" }) {
 			return rules, false
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/opencontainers/go-digest"
@@ -188,6 +189,11 @@ func TestKnownNamespaces(t *testing.T) {
 	if d := known(t, v, unsigned, "", true); d.Allowed || d.Rule != "prod" || !d.Unknown {
 		t.Errorf("Known(unsigned, every namespace) = %+v; want unknown under prod", d)
 	}
+	// A rule for namespace "*" covers every namespace too.
+	v.SetPolicy(mustPolicy(t, prod, RuleSpec{Name: "rest", Images: []string{host + "/team/**"}, Namespaces: []string{"*"}, Mode: Skip}))
+	if d := known(t, v, signed, "", true); !d.Allowed || d.Rule != "prod" {
+		t.Errorf("Known(signed, every namespace) with a rule for namespace * = %+v; want allowed, decided by prod", d)
+	}
 	req := pullRequest(t, unsigned, "prod-eu")
 	req.Digest = ""
 	if d, err := v.Known(context.Background(), req); err != nil || d.Allowed || !strings.Contains(d.Reason, "imported, not pulled") {
@@ -236,5 +242,92 @@ func TestEvidenceLeavesOutCredentials(t *testing.T) {
 				t.Errorf("evidence %s keeps header %s", k, h)
 			}
 		}
+	}
+}
+
+// A registry that serves blobs from a store with signed URLs: the evidence keeps the blob, under
+// the registry's own request, and neither the URL nor its signature; replayed, it verifies.
+func TestEvidenceFromRedirectedBlobs(t *testing.T) {
+	t.Parallel()
+	var reg http.Handler
+	store := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("X-Amz-Signature") != "s3cr3t-signature" {
+			http.Error(w, "bad signature", http.StatusForbidden)
+			return
+		}
+		r2 := r.Clone(r.Context())
+		r2.URL.Path, r2.URL.RawQuery = strings.TrimPrefix(r.URL.Path, "/store"), ""
+		reg.ServeHTTP(w, r2)
+	}))
+	t.Cleanup(store.Close)
+	host := testRegistryWith(t, func(h http.Handler) http.Handler {
+		reg = h
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+				http.Redirect(w, r, store.URL+"/store"+r.URL.Path+"?X-Amz-Signature=s3cr3t-signature", http.StatusTemporaryRedirect)
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	key, second := newTestKey(t), newTestKey(t)
+	d := pushImage(t, host+"/apps/app:v1")
+	key.sign(t, d, d)
+	st := openState(t, t.TempDir())
+	v := NewVerifier(mustPolicy(t, keyRule("apps", []string{host + "/apps/**"}, Enforce, key)), NewResolver(hosts.New("")), WithState(st))
+	wantDecision(t, verifyOne(t, v, d), true)
+
+	ev, err := st.Evidence(pullRequest(t, d, "").Image.Name(), d.DigestStr())
+	if err != nil || ev == nil {
+		t.Fatalf("evidence: %v, %v", ev, err)
+	}
+	blobs := 0
+	for k, r := range ev.Responses {
+		if strings.Contains(k, "s3cr3t") || strings.Contains(k, "/store/") || r.Header.Get("Location") != "" || r.Status >= 300 && r.Status < 400 {
+			t.Errorf("evidence keeps the redirect: %s %d %v", k, r.Status, r.Header)
+		}
+		if strings.Contains(k, "/blobs/") && r.Status == http.StatusOK && len(r.Body) > 0 {
+			blobs++
+		}
+	}
+	if blobs == 0 {
+		t.Errorf("no blob in the evidence: %v", ev.Responses)
+	}
+	v.SetPolicy(mustPolicy(t, keyRule("apps", []string{host + "/apps/**"}, Enforce, second, key)))
+	if dec := known(t, v, d, "", false); !dec.Allowed || !dec.Stored {
+		t.Errorf("Known from redirected evidence = %+v; want allowed", dec)
+	}
+}
+
+// Completing the evidence after the decision cannot undo it: a referrers endpoint that never
+// answers leaves the evidence shorter and the pull allowed.
+func TestEvidenceCompletionCannotDeny(t *testing.T) {
+	t.Parallel()
+	host := testRegistryWith(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if strings.Contains(r.URL.Path, "/referrers/") {
+				<-r.Context().Done() // hangs until the client gives up
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	key := newTestKey(t)
+	d := pushImage(t, host+"/apps/app:v1")
+	key.sign(t, d, d)
+	s := testSettings
+	s.Timeout = time.Second
+	p, err := CompilePolicy([]RuleSpec{keyRule("apps", []string{host + "/apps/**"}, Enforce, key)}, Deny, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := openState(t, t.TempDir())
+	v := NewVerifier(p, NewResolver(hosts.New("")), WithState(st))
+	dec, err := v.Verify(context.Background(), pullRequest(t, d, ""))
+	if err != nil || !dec.Allowed {
+		t.Fatalf("Verify with a hanging referrers endpoint = %+v, %v; want allowed by the .sig signature", dec, err)
+	}
+	if ev, err := st.Evidence(pullRequest(t, d, "").Image.Name(), d.DigestStr()); err != nil || ev == nil {
+		t.Errorf("evidence not stored: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +24,9 @@ import (
 	"github.com/pullgate/pullgate/verify/auth"
 	"github.com/pullgate/pullgate/verify/state"
 )
+
+// completeTimeout bounds the reads that complete the evidence after a decision.
+const completeTimeout = 5 * time.Second
 
 // failureTTL is how long a denial is remembered: long enough to absorb kubelet's retries of
 // one pod, short enough that a signature pushed a moment later counts.
@@ -45,8 +49,10 @@ type Verifier struct {
 	// offline shares re-checks from stored evidence; kept apart from flight, so that a pull
 	// never takes an offline answer for an online one.
 	offline flight[cacheKey, Decision]
-	mu      sync.Mutex
-	cache   map[cacheKey]cached
+	// cache holds the results of pulls' checks against the registry; rechecked those of Known's
+	// checks of stored evidence, apart, so that a pull never counts a decision on old evidence
+	// as a fresh one.
+	cache, rechecked decisionCache
 }
 
 // VerifierOption configures a Verifier.
@@ -71,7 +77,7 @@ type cached struct {
 
 // NewVerifier returns a verifier for p that fetches signatures through r.
 func NewVerifier(p *Policy, r Registry, opts ...VerifierOption) *Verifier {
-	v := &Verifier{registry: r, logger: slog.Default(), now: time.Now, cache: map[cacheKey]cached{}}
+	v := &Verifier{registry: r, logger: slog.Default(), now: time.Now}
 	for _, o := range opts {
 		o(v)
 	}
@@ -135,38 +141,52 @@ func (v *Verifier) Verify(ctx context.Context, req Request) (Decision, error) {
 // verified is true when every check of the rule held.
 func (d Decision) verified() bool { return d.Allowed && d.Reason == "" }
 
-func (v *Verifier) cached(key cacheKey) (Decision, bool) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	c, ok := v.cache[key]
-	if !ok || v.now().After(c.expires) {
-		return Decision{}, false
-	}
-	c.d.Cached = true
-	return c.d, true
-}
-
-// maxCached bounds the cache; past it, expired entries go first, then everything.
-const maxCached = 50_000
+func (v *Verifier) cached(key cacheKey) (Decision, bool) { return v.cache.get(key, v.now()) }
 
 func (v *Verifier) store(key cacheKey, d Decision, ttl time.Duration) {
+	v.cache.put(key, d, v.now(), ttl)
+}
+
+// decisionCache holds decisions until they expire.
+type decisionCache struct {
+	mu sync.Mutex
+	m  map[cacheKey]cached
+}
+
+func (c *decisionCache) get(key cacheKey, now time.Time) (Decision, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	if !ok || now.After(e.expires) {
+		return Decision{}, false
+	}
+	e.d.Cached = true
+	return e.d, true
+}
+
+// maxCached bounds a cache; past it, expired entries go first, then everything.
+const maxCached = 50_000
+
+func (c *decisionCache) put(key cacheKey, d Decision, now time.Time, ttl time.Duration) {
 	if ttl <= 0 {
 		return
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	now := v.now()
-	if len(v.cache) >= maxCached {
-		for k, c := range v.cache {
-			if now.After(c.expires) {
-				delete(v.cache, k)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[cacheKey]cached{}
+	}
+	if len(c.m) >= maxCached {
+		for k, e := range c.m {
+			if now.After(e.expires) {
+				delete(c.m, k)
 			}
 		}
-		if len(v.cache) >= maxCached {
-			clear(v.cache)
+		if len(c.m) >= maxCached {
+			clear(c.m)
 		}
 	}
-	v.cache[key] = cached{d: d, expires: now.Add(ttl)}
+	c.m[key] = cached{d: d, expires: now.Add(ttl)}
 }
 
 // check verifies the rule's authorities and attestations against req's digest.
@@ -188,9 +208,6 @@ func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request, 
 		ociremote.WithTargetRepository(repo),
 	}}
 	reasons, err := c.verify(ctx, h)
-	if err == nil && ctx.Value(recorderKey{}) != nil {
-		c.complete(ctx, h)
-	}
 	var de *denial
 	switch {
 	case errors.As(err, &de):
@@ -201,6 +218,10 @@ func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request, 
 	d.Authorities = c.results
 	if err := ctx.Err(); err != nil {
 		return d, repo, fmt.Errorf("verify %s@%s: %w", req.Image.Name(), req.Digest, err)
+	}
+	if ctx.Value(recorderKey{}) != nil {
+		// Only once the decision is settled: what complete reads cannot change it.
+		c.complete(ctx, h)
 	}
 	if len(reasons) > 0 {
 		d.Reason, d.Allowed = strings.Join(reasons, "; "), r.mode == Warn
@@ -315,9 +336,9 @@ func (c *checker) attestations(h v1.Hash) ([]oci.Signature, error) {
 // the evidence stored can settle a changed rule (another authority, a new attestation) offline.
 // A failure here only leaves the evidence shorter.
 func (c *checker) complete(ctx context.Context, h v1.Hash) {
-	if ctx.Err() != nil {
-		return
-	}
+	ctx, cancel := context.WithTimeout(ctx, completeTimeout)
+	defer cancel()
+	c.opts = append(slices.Clip(c.opts), ociremote.WithMoreRemoteOptions(remote.WithContext(ctx)))
 	c.bundles(h)
 	if !c.attsFetched {
 		c.attestations(h)

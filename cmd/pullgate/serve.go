@@ -99,11 +99,16 @@ func serve(args []string) error {
 	if cfg.Verification.PresentImages() {
 		opts = append(opts, proxy.WithPresentImageChecks())
 	}
+	vopts := []verify.VerifierOption{verify.WithVerifierLogger(logger)}
 	st, err := state.Open(cfg.StateDir, state.WithLogger(logger))
 	if err != nil {
-		return err
+		// Serving without the state still fails closed: images on the node count as never
+		// verified until pulled again. Refusing to serve would stop every pull on the node.
+		logger.Error("state unavailable; decisions are kept in memory only until pullgate restarts with a working stateDir", "error", err)
+	} else {
+		vopts = append(vopts, verify.WithState(st))
 	}
-	verifier := verify.NewVerifier(policy, resolver, verify.WithState(st), verify.WithVerifierLogger(logger))
+	verifier := verify.NewVerifier(policy, resolver, vopts...)
 	p := proxy.New(conn, resolver, func() proxy.Verifier { return verifier }, store, opts...)
 
 	lis, err := listener(cfg.Listen)
@@ -125,7 +130,9 @@ func serve(args []string) error {
 	monitorCtx, stopMonitor := context.WithCancel(context.Background())
 	defer stopMonitor()
 	go p.MonitorUpstream(monitorCtx, 5*time.Second)
-	go p.PruneState(monitorCtx, st, 6*time.Hour, 24*time.Hour)
+	if st != nil {
+		go p.PruneState(monitorCtx, st, 6*time.Hour, 24*time.Hour)
+	}
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()

@@ -83,8 +83,10 @@ type Store struct {
 	mu        sync.RWMutex
 	decisions map[key][]Decision
 
-	// write keeps this process's writers in line; bbolt's file lock keeps other processes out.
-	write sync.Mutex
+	// write keeps this process's writers in line, file its opens of the file: readers holding
+	// bbolt's shared lock would otherwise starve a writer. bbolt's file lock keeps other
+	// processes out.
+	write, file sync.Mutex
 }
 
 // Option configures a Store.
@@ -224,6 +226,13 @@ func (s *Store) Decision(image, digest, ruleHash string) (Decision, bool) {
 // Evidence returns what the registry answered when the digest of image was last verified, or
 // nil when nothing is stored.
 func (s *Store) Evidence(image, digest string) (*Evidence, error) {
+	s.mu.RLock()
+	_, known := s.decisions[key{image, digest}]
+	s.mu.RUnlock()
+	if !known {
+		// Evidence is only ever written with a decision: no need to open the file.
+		return nil, nil
+	}
 	var ev *Evidence
 	err := s.do(true, func(tx *bolt.Tx) error {
 		b := tx.Bucket(evidenceBucket)
@@ -363,20 +372,27 @@ func (s *Store) Len() int {
 // do runs fn in a transaction on the file, opened for this call only. bbolt panics on some
 // damaged pages; that is reported as damage, never allowed to take pullgate down.
 func (s *Store) do(readOnly bool, fn func(*bolt.Tx) error) (err error) {
+	s.file.Lock()
+	defer s.file.Unlock()
 	defer func() {
 		if r := recover(); r != nil {
 			err = &corruptError{fmt.Errorf("%v", r)}
 		}
 	}()
+	// bbolt reports a file shorter than its two meta pages with an untyped error.
+	if fi, err := os.Stat(s.path); err == nil && fi.Mode().IsRegular() && fi.Size() > 0 && fi.Size() < 2*int64(os.Getpagesize()) {
+		return &corruptError{fmt.Errorf("file is %d bytes, shorter than its header", fi.Size())}
+	}
 	db, err := bolt.Open(s.path, 0o600, &bolt.Options{Timeout: lockTimeout, ReadOnly: readOnly})
-	if err != nil {
-		if errors.Is(err, berrors.ErrTimeout) {
-			return fmt.Errorf("another process holds the file (is a second pullgate running on this stateDir?): %w", err)
-		}
-		if errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
-			return err
-		}
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return fmt.Errorf("another process holds the file (pullgate audit, or a second pullgate on this stateDir): %w", err)
+	case errors.Is(err, berrors.ErrInvalid) || errors.Is(err, berrors.ErrChecksum) || errors.Is(err, berrors.ErrVersionMismatch):
 		return &corruptError{err}
+	case err != nil:
+		// A full disk, a read-only file system, too many open files: trouble around the
+		// file, not in it. Moving the file aside would lose it for nothing.
+		return err
 	}
 	defer db.Close()
 	if readOnly {

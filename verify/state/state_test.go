@@ -355,3 +355,57 @@ func mustOpen(t *testing.T, dir string) *Store {
 	}
 	return s
 }
+
+// Trouble around the file (here: a directory where the file should be; on nodes a full disk or
+// a read-only file system) is reported, and the file is never moved aside for it.
+func TestOpenErrorIsNotDamage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, FileName), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var log bytes.Buffer
+	if _, err := Open(dir, WithLogger(slog.New(slog.NewTextHandler(&log, nil)))); err == nil || strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("Open = %v, want an error that does not call the file damaged", err)
+	}
+	if aside, _ := filepath.Glob(filepath.Join(dir, FileName+".corrupt-*")); len(aside) != 0 || log.Len() != 0 {
+		t.Errorf("moved aside %v, logged %q", aside, log.String())
+	}
+}
+
+// Many readers at once (ImageStatus after a policy change) do not keep a writer out.
+func TestReadersDoNotStarveWriters(t *testing.T) {
+	t.Parallel()
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &Evidence{Repository: "r", Responses: map[string]Response{"GET x": {Status: 200, Body: bytes.Repeat([]byte("e"), 64<<10)}}}
+	if err := s.Put("r", "sha256:a", decision("h"), ev); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := s.Evidence("r", "sha256:a"); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	for i := range 20 {
+		if err := s.Put("r", "sha256:w"+strconv.Itoa(i), decision("h"), ev); err != nil {
+			t.Errorf("Put %d with 32 readers: %v", i, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
