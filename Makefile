@@ -16,16 +16,23 @@ export PULLGATE_BIN := $(PULLGATE)
 export PULLGATE_CONTAINERD2 := $(CONTAINERD2)
 export PULLGATE_KUBELET := $(KUBELET)
 
-.PHONY: all build test unit e2e bench demo node deps check clean
+.PHONY: all build image test unit e2e bench demo node deps check clean
 
 all: build
 
 build: $(PULLGATE)
 
 # Always rebuilt (Go's build cache makes that cheap), so the tests never run a stale binary.
+# Statically linked, so that the same binary runs on any node and in the installer image.
 .PHONY: $(PULLGATE)
 $(PULLGATE):
-	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/pullgate
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/pullgate
+
+# The installer image the DaemonSet runs, as an OCI image layout in bin/pullgate-image; pushed
+# when IMAGE names where (with the credentials of ~/.docker/config.json).
+IMAGE ?=
+image: $(PULLGATE)
+	$(GO) run ./systemd/image/build -binary $(PULLGATE) -o $(BIN)/pullgate-image -version $(VERSION) $(if $(IMAGE),-push $(IMAGE))
 
 # containerd 2.x from its Go module, built once per version.
 $(CONTAINERD2):

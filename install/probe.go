@@ -3,8 +3,11 @@ package install
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -12,21 +15,52 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// Command runs systemctl as the words of a command line: {"systemctl"} on the host, or
-// HostSystemctl from a container that shares the host's PID namespace.
+// Command runs systemctl as the words of a command line: {"systemctl"} on the host.
 type Command []string
 
 var _ Systemctl = Command(nil)
 
-// HostSystemctl reaches the host's systemd from a privileged container with hostPID, through
-// the mount, UTS, IPC, network and PID namespaces of the host's init.
-var HostSystemctl = Command{"nsenter", "--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--", "systemctl"}
-
 func (c Command) Run(ctx context.Context, args ...string) error {
-	argv := append(c[1:len(c):len(c)], args...)
-	out, err := exec.CommandContext(ctx, c[0], argv...).CombinedOutput()
+	return run(exec.CommandContext(ctx, c[0], append(c[1:len(c):len(c)], args...)...))
+}
+
+// HostSystemctl reaches the host's systemd from a privileged container with hostPID: the host's
+// own nsenter, run inside the host's root, enters the mount, UTS, IPC, network and PID
+// namespaces of the host's init and runs systemctl there. The installer image then needs
+// nothing but pullgate itself.
+type HostSystemctl struct {
+	// Root is the host's root directory, as mounted in the container.
+	Root string
+}
+
+var _ Systemctl = HostSystemctl{}
+
+// nsenterPaths are where distributions keep util-linux's nsenter.
+var nsenterPaths = []string{"/usr/bin/nsenter", "/bin/nsenter", "/usr/sbin/nsenter", "/sbin/nsenter"}
+
+func (h HostSystemctl) Run(ctx context.Context, args ...string) error {
+	nsenter := ""
+	for _, p := range nsenterPaths {
+		if fi, err := os.Stat(filepath.Join(h.Root, p)); err == nil && fi.Mode().IsRegular() {
+			nsenter = p
+			break
+		}
+	}
+	if nsenter == "" {
+		return fmt.Errorf("no nsenter on the host under %s (looked in %s): install util-linux on the node", h.Root, strings.Join(nsenterPaths, ", "))
+	}
+	cmd := exec.CommandContext(ctx, nsenter, append([]string{"--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--", "systemctl"}, args...)...)
+	// The path is looked up before the chroot, so it must be absolute inside the host's root.
+	cmd.Path = nsenter
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: h.Root}
+	return run(cmd)
+}
+
+func run(cmd *exec.Cmd) error {
+	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fmt.Errorf("%s %s: %w: %s", c[0], strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+		return fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
 }

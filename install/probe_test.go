@@ -98,3 +98,47 @@ func TestCRIProbe(t *testing.T) {
 		t.Fatalf("CRIProbe = %v with %d calls, want Version and ImageFsInfo answered", err, fake.calls.Load())
 	}
 }
+
+// HostSystemctl runs the host's own nsenter inside the host's root. The host here is a
+// directory with Debian's static busybox as its shell and an nsenter that records its words.
+func TestHostSystemctl(t *testing.T) {
+	t.Parallel()
+	busybox, err := os.ReadFile("/bin/busybox")
+	if err != nil || os.Geteuid() != 0 {
+		msg := "needs root and Debian's busybox-static package (apt-get install busybox-static)"
+		if os.Getenv("CI") == "true" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	root := t.TempDir()
+	for path, content := range map[string]string{
+		"bin/busybox":     string(busybox),
+		"usr/bin/nsenter": "#!/bin/sh\ncase \"$*\" in *fail*) echo broken >&2; exit 3;; esac\necho \"$@\" > /args\n",
+		"etc/os-release":  "ID=test\n",
+	} {
+		p := filepath.Join(root, path)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("busybox", filepath.Join(root, "bin/sh")); err != nil {
+		t.Fatal(err)
+	}
+	h := HostSystemctl{Root: root}
+	if err := h.Run(t.Context(), "restart", "pullgate.service"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "args")); string(got) != "--target 1 --mount --uts --ipc --net --pid -- systemctl restart pullgate.service\n" {
+		t.Errorf("the host's nsenter ran with %q", got)
+	}
+	if err := h.Run(t.Context(), "start", "fail"); err == nil || !strings.Contains(err.Error(), "broken") {
+		t.Errorf("Run = %v, want nsenter's output in the error", err)
+	}
+	if err := (HostSystemctl{Root: t.TempDir()}).Run(t.Context(), "start", "x"); err == nil || !strings.Contains(err.Error(), "install util-linux") {
+		t.Errorf("Run without nsenter on the host = %v", err)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	remoteclient "k8s.io/cri-client/pkg"
 
+	"github.com/pullgate/pullgate/systemd/image"
 	"github.com/pullgate/pullgate/test/harness"
 )
 
@@ -308,6 +309,7 @@ func TestKubelet(t *testing.T) {
 	t.Run("AlwaysPullsAndPinsTheVerifiedDigest", n.testAlwaysPins)
 	t.Run("IfNotPresentVerifiedOnNode", n.testIfNotPresentVerified)
 	t.Run("NeverVerifiedOnNode", n.testNeverVerified)
+	t.Run("InstallerImageRuns", n.testInstallerImage)
 	// These need pullgate's ImageStatus gate (issue 4): an image on the node without a valid
 	// decision is reported absent.
 	t.Run("IfNotPresentUnverifiedOnNode", n.testIfNotPresentUnverified)
@@ -534,4 +536,27 @@ func (n *node) testCreateContainerAllowed(t *testing.T) {
 	n.start(t, p)
 	c := n.waitContainer(t, p.namespace, runtimeapi.ContainerState_CONTAINER_RUNNING)
 	waitOutput(t, c, "started verified")
+}
+
+// The installer image the DaemonSet runs (pullgate alone, statically linked), built from the
+// binary under test and signed like any other, runs in a real pod.
+func (n *node) testInstallerImage(t *testing.T) {
+	t.Parallel()
+	bin, err := os.ReadFile(harness.PullgateBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := image.Installer(bin, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.reg.Push(t, "apps/installer", "v1", img)
+	n.reg.Sign(t, n.key, "apps/installer", manifestDigest(t, img))
+	p := pod{name: "installer", namespace: n.namespace("installer"), image: n.reg.Host + "/apps/installer:v1", pullPolicy: "IfNotPresent"}
+	n.start(t, p)
+	c := n.waitContainer(t, p.namespace, runtimeapi.ContainerState_CONTAINER_EXITED)
+	waitOutput(t, c, "pullgate ")
+	if c.ExitCode != 0 {
+		t.Errorf("`pullgate version` in the installer image exited %d", c.ExitCode)
+	}
 }

@@ -21,18 +21,18 @@ type installFlags struct {
 
 func (f *installFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.hostRoot, "host-root", "/", "the host's root directory (/host from the DaemonSet)")
-	fs.StringVar(&f.systemctl, "systemctl", "", `command that runs the host's systemctl (default "systemctl", or nsenter into PID 1's namespaces with --host-root)`)
+	fs.StringVar(&f.systemctl, "systemctl", "", `command that runs the host's systemctl (default "systemctl"; with --host-root, the host's nsenter, run in the host's root, into PID 1's namespaces)`)
 	fs.StringVar(&f.healthz, "kubelet-healthz", install.DefaultKubeletHealthz, "kubelet's health endpoint")
 	fs.DurationVar(&f.kubeletTimeout, "kubelet-timeout", 2*time.Minute, "how long kubelet may take to be healthy after a restart")
 }
 
 func (f *installFlags) installer(opts ...install.Option) *install.Installer {
-	systemctl := install.Command{"systemctl"}
+	var systemctl install.Systemctl = install.Command{"systemctl"}
 	if f.hostRoot != "/" {
-		systemctl = install.HostSystemctl
+		systemctl = install.HostSystemctl{Root: f.hostRoot}
 	}
 	if f.systemctl != "" {
-		systemctl = strings.Fields(f.systemctl)
+		systemctl = install.Command(strings.Fields(f.systemctl))
 	}
 	opts = append(opts, install.WithKubeletHealth(install.HTTPHealth(f.healthz)), install.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
 	return install.New(f.hostRoot, systemctl, opts...)

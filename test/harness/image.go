@@ -40,6 +40,14 @@ func (r *Registry) PushShellImage(t T, repo, tag, script string) v1.Image {
 	return img
 }
 
+// Push pushes img as repo:tag.
+func (r *Registry) Push(t T, repo, tag string, img v1.Image) {
+	t.Helper()
+	if err := remote.Write(r.tag(t, repo, tag), img, r.remoteOptions()...); err != nil {
+		t.Fatalf("push %s/%s:%s: %v", r.Host, repo, tag, err)
+	}
+}
+
 // shellImage is the image PushShellImage pushes.
 func shellImage(t T, script string) v1.Image {
 	t.Helper()

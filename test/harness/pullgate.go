@@ -54,6 +54,7 @@ func PullgateBinary(t T) string {
 		_, file, _, _ := runtime.Caller(0)
 		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/pullgate")
 		cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as the Makefile builds it
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build ./cmd/pullgate: %v\n%s", err, out)
 		}
