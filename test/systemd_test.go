@@ -52,6 +52,9 @@ func TestNotifyReadyAndWatchdog(t *testing.T) {
 	logs := startLogged(t, cmd)
 
 	logs.wait(t, "not ready yet, retrying")
+	// A reload during start-up says nothing to systemd either.
+	cmd.Process.Signal(syscall.SIGHUP)
+	logs.wait(t, "configuration reloaded")
 	select {
 	case m := <-messages:
 		t.Fatalf("pullgate sent %q before the runtime answered", m)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -15,9 +16,9 @@ import (
 // notifySystemd tells systemd (Type=notify) that pullgate is ready once its own socket is
 // served and the runtime answers, so that `systemctl start` and the installer's probe never
 // see a half-started gate. It then pings the watchdog (WatchdogSec) while the socket is
-// still served. Outside systemd both checks still run but nothing is sent. It returns when
-// ctx ends.
-func notifySystemd(ctx context.Context, logger *slog.Logger, socket string, runtimeReady func(context.Context) error) {
+// still served. Outside systemd both checks still run but nothing is sent. ready is set once
+// READY=1 is sent. It returns when ctx ends.
+func notifySystemd(ctx context.Context, logger *slog.Logger, socket string, runtimeReady func(context.Context) error, ready *atomic.Bool) {
 	wait := 100 * time.Millisecond
 	for {
 		err := selfProbe(ctx, socket, 2*time.Second)
@@ -37,6 +38,7 @@ func notifySystemd(ctx context.Context, logger *slog.Logger, socket string, runt
 		}
 		wait = min(2*wait, 5*time.Second)
 	}
+	ready.Store(true)
 	daemon.SdNotify(false, daemon.SdNotifyReady)
 	logger.Info("ready", "socket", socket)
 

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -137,7 +138,8 @@ func serve(args []string) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(lis) }()
 	logger.Info("pullgate serving", "version", versionString(), "listen", cfg.Listen, "runtime", cfg.RuntimeEndpoint, "defaultAction", cfg.DefaultAction)
-	go notifySystemd(monitorCtx, logger, lis.Addr().String(), p.Ready)
+	var ready atomic.Bool
+	go notifySystemd(monitorCtx, logger, lis.Addr().String(), p.Ready, &ready)
 
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -147,9 +149,15 @@ func serve(args []string) error {
 			return err
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
-				daemon.SdNotify(false, daemon.SdNotifyReloading)
+				// Before start-up is done, READY=1 would tell systemd too early.
+				wasReady := ready.Load()
+				if wasReady {
+					daemon.SdNotify(false, daemon.SdNotifyReloading)
+				}
 				reload(logger, load, cfg, verifier, level)
-				daemon.SdNotify(false, daemon.SdNotifyReady)
+				if wasReady {
+					daemon.SdNotify(false, daemon.SdNotifyReady)
+				}
 				continue
 			}
 			logger.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGracePeriod.Duration)
