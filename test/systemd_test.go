@@ -48,7 +48,7 @@ func TestNotifyReadyAndWatchdog(t *testing.T) {
 	runtimeSock := filepath.Join(dir, "runtime.sock")
 	cfg := writeConfig(t, dir, filepath.Join(dir, "pullgate.sock"), "unix://"+runtimeSock)
 	cmd := exec.Command(harness.PullgateBinary(t), "serve", "--config", cfg)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.LocalAddr().String(), "WATCHDOG_USEC=1000000")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+notify.LocalAddr().String(), "WATCHDOG_USEC=4000000")
 	logs := startLogged(t, cmd)
 
 	logs.wait(t, "not ready yet, retrying")
