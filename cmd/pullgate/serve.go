@@ -62,6 +62,10 @@ func serve(args []string) error {
 		}
 		return c, nil
 	}
+	// Caught from the start: SIGHUP's default action would end a pullgate reloaded while it
+	// starts.
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	cfg, err := load()
 	if err != nil {
 		return err
@@ -141,8 +145,6 @@ func serve(args []string) error {
 	var ready atomic.Bool
 	go notifySystemd(monitorCtx, logger, lis.Addr().String(), p.Ready, &ready)
 
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	for {
 		select {
 		case err := <-serveErr:
