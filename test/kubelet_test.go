@@ -303,6 +303,8 @@ func denial(t *testing.T, r *harness.Registry, repo string, img v1.Image) string
 func TestKubelet(t *testing.T) {
 	t.Parallel()
 	n := startNode(t, viaImage)
+	// First and alone: it takes the registry down.
+	t.Run("VerifiedStartsWithRegistryDownAfterRestart", n.testRegistryDown)
 	t.Run("SignedStartsWithNodeCredentials", n.testSignedNodeCredentials)
 	t.Run("SignedStartsWithKubeletCredentials", n.testSignedKubeletCredentials)
 	t.Run("UnsignedRefused", n.testUnsignedRefused)
@@ -407,6 +409,29 @@ func (n *node) testIfNotPresentVerified(t *testing.T) {
 	if after := tagReqs(); after != before {
 		t.Errorf("the tag was resolved again (%d times): kubelet pulled an image that was on the node", after-before)
 	}
+}
+
+// A registry outage does not stop verified workloads from starting, even across a restart of
+// pullgate: its decision is in pullgate's state. A new pod of a verified image starts with the
+// registry down and pullgate restarted; an image never verified does not.
+func (n *node) testRegistryDown(t *testing.T) {
+	ref, _ := n.push(t, n.reg, "apps/outage", "v1", "outage-verified", true)
+	n.pullThroughGate(t, ref)
+	unverified, _ := n.push(t, n.reg, "apps/outage-sideloaded", "v1", "outage-sideloaded", true)
+	n.ctrd.Pull(unverified, n.reg.Username, n.reg.Password)
+	n.reg.SetDown(true)
+	defer n.reg.SetDown(false)
+	n.gate.Restart()
+
+	p := pod{name: "web", namespace: n.namespace("outage"), image: ref, pullPolicy: "IfNotPresent"}
+	n.start(t, p)
+	c := n.waitContainer(t, p.namespace, runtimeapi.ContainerState_CONTAINER_RUNNING)
+	waitOutput(t, c, "started outage-verified")
+	// Signed, but never verified on this node: with the registry down it cannot be, and the
+	// pull fails closed.
+	q := pod{name: "web", namespace: n.namespace("outage-sideloaded"), image: unverified, pullPolicy: "IfNotPresent"}
+	n.start(t, q)
+	n.waitRefused(t, q.namespace, "with RegistryUnavailable", "because the registry is unavailable: pullgate: ")
 }
 
 // With Never, an image pullgate verified before starts.

@@ -25,6 +25,8 @@ type Pullgate struct {
 	StateDir string
 
 	t    T
+	bin  string
+	args []string
 	cmd  *exec.Cmd
 	logs *syncBuffer
 	done chan struct{}
@@ -76,32 +78,44 @@ func StartPullgate(t T, bin, config string, args ...string) *Pullgate {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	p := &Pullgate{t: t, Socket: filepath.Join(dir, "pullgate.sock"), ConfigPath: filepath.Join(dir, "config.yaml"), logs: &syncBuffer{}, done: make(chan struct{})}
+	p := &Pullgate{t: t, bin: bin, Socket: filepath.Join(dir, "pullgate.sock"), ConfigPath: filepath.Join(dir, "config.yaml"), logs: &syncBuffer{}}
 	p.Endpoint = "unix://" + p.Socket
 	p.StateDir = filepath.Join(dir, "state")
 	if err := os.WriteFile(p.ConfigPath, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.cmd = exec.Command(bin, append([]string{"serve", "--config", p.ConfigPath, "--listen", p.Endpoint, "--state-dir", p.StateDir}, args...)...)
-	p.cmd.Stdout = p.logs
-	p.cmd.Stderr = p.logs
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	p.args = append([]string{"serve", "--config", p.ConfigPath, "--listen", p.Endpoint, "--state-dir", p.StateDir}, args...)
 	t.Cleanup(func() {
-		p.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(30 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.done
-		}
+		p.stop()
 		if t.Failed() {
 			t.Logf("pullgate log:\n%s", p.Logs())
 		}
 	})
+	p.start()
+	return p
+}
+
+// Restart stops pullgate with SIGTERM and starts it again, on the same socket, configuration
+// and state, as systemd restarts it.
+func (p *Pullgate) Restart() {
+	p.t.Helper()
+	p.stop()
+	p.start()
+}
+
+func (p *Pullgate) start() {
+	p.t.Helper()
+	served := len(p.LogLines("metrics serving"))
+	p.cmd = exec.Command(p.bin, p.args...)
+	p.cmd.Stdout = p.logs
+	p.cmd.Stderr = p.logs
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.done = make(chan struct{})
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	cmd, done := p.cmd, p.done
+	go func() { p.err = cmd.Wait(); close(done) }()
 	deadline := time.Now().Add(startTimeout)
 	for {
 		if c, err := net.Dial("unix", p.Socket); err == nil {
@@ -109,19 +123,36 @@ func StartPullgate(t T, bin, config string, args ...string) *Pullgate {
 			break
 		}
 		select {
-		case <-p.done:
-			t.Fatalf("pullgate exited: %v\n%s", p.err, p.Logs())
+		case <-done:
+			p.t.Fatalf("pullgate exited: %v\n%s", p.err, p.Logs())
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("pullgate did not listen on %s within %s\n%s", p.Socket, startTimeout, p.Logs())
+			p.t.Fatalf("pullgate did not listen on %s within %s\n%s", p.Socket, startTimeout, p.Logs())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if addr := p.WaitLog("metrics serving", nil)["address"]; addr != nil {
-		p.MetricsURL = "http://" + addr.(string)
+	for time.Now().Before(deadline) {
+		if lines := p.LogLines("metrics serving"); len(lines) > served {
+			if addr, ok := lines[len(lines)-1]["address"].(string); ok {
+				p.MetricsURL = "http://" + addr
+			}
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return p
+	p.t.Fatalf("pullgate did not log \"metrics serving\" within %s\n%s", startTimeout, p.Logs())
+}
+
+// stop ends pullgate with SIGTERM, or SIGKILL after 30 s.
+func (p *Pullgate) stop() {
+	p.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
 }
 
 // Logs returns everything pullgate wrote so far.
