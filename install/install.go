@@ -254,6 +254,9 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 			}
 		}
 	}
+	if err := in.kubeletLeftPullgate(f.m.KubeletConfig); err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
 	if err := in.systemctl.Run(ctx, "disable", "--now", "pullgate.service", "pullgate.socket"); err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}
@@ -286,6 +289,26 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 		}
 	}
 	in.log.Info("uninstalled")
+	return nil
+}
+
+// kubeletLeftPullgate refuses while kubelet's configuration still leads to pullgate's socket
+// after it was put back: it pointed there before the install (set by hand), so stopping pullgate
+// would leave kubelet without an image service.
+func (in *Installer) kubeletLeftPullgate(path string) error {
+	if path == "" {
+		path = in.kubeletConfig
+	}
+	data, err := os.ReadFile(in.host(path))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read kubelet configuration: %w", err)
+	}
+	if keys := pullgateFields(data); len(keys) > 0 {
+		return fmt.Errorf("kubelet configuration %s still points %s at pullgate, as it did before the install, so there is no earlier value to put back; pullgate left running: set %s to containerd's socket (unix:///run/containerd/containerd.sock), restart kubelet, then run pullgate uninstall again", path, strings.Join(keys, " and "), strings.Join(keys, " and "))
+	}
 	return nil
 }
 

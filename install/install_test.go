@@ -496,6 +496,9 @@ func TestUninstallKeepsLaterKubeletChanges(t *testing.T) {
 			want: strings.Replace(kubeletConfig, "imageServiceEndpoint:\n  unix:///run/containerd/containerd.sock\n", "imageServiceEndpoint: unix:///run/containerd/containerd.sock\n", 1) + "maxPods: 200\n"},
 		{name: "runtime endpoint too", runtime: true, change: func(s string) string { return "# kubeadm\n" + s },
 			want: "# kubeadm\n" + strings.Replace(kubeletConfig, "imageServiceEndpoint:\n  unix:///run/containerd/containerd.sock\n", "imageServiceEndpoint: unix:///run/containerd/containerd.sock\n", 1)},
+		{name: "respelled", change: func(s string) string {
+			return strings.Replace(s, "imageServiceEndpoint: "+Endpoint, "imageServiceEndpoint: /var/run/pullgate/pullgate.sock", 1) + "maxPods: 200\n"
+		}, want: strings.Replace(kubeletConfig, "imageServiceEndpoint:\n  unix:///run/containerd/containerd.sock\n", "imageServiceEndpoint: unix:///run/containerd/containerd.sock\n", 1) + "maxPods: 200\n"},
 		{name: "already pointed elsewhere", change: func(s string) string {
 			return strings.Replace(s, "imageServiceEndpoint: "+Endpoint, "imageServiceEndpoint: unix:///other.sock", 1)
 		}, want: strings.Replace(switched, "imageServiceEndpoint: "+Endpoint, "imageServiceEndpoint: unix:///other.sock", 1)},
@@ -520,6 +523,38 @@ func TestUninstallKeepsLaterKubeletChanges(t *testing.T) {
 			}
 			if _, err := os.Stat(filepath.Join(n.root, BackupDir)); err == nil {
 				t.Errorf("backups left")
+			}
+		})
+	}
+}
+
+// kubelet pointed at pullgate before the install (by hand), so uninstall has no other endpoint
+// to give it back: it refuses rather than stop the socket kubelet uses.
+func TestUninstallKubeletStillOnPullgate(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, endpoint string }{
+		{name: "as install writes it", endpoint: Endpoint},
+		{name: "bare path", endpoint: Socket},
+		{name: "through /var/run", endpoint: "unix:///var/run/pullgate/pullgate.sock"},
+		{name: "not clean", endpoint: "unix:///run//pullgate/./pullgate.sock"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			n.write(kubeletPath, strings.Replace(kubeletConfig, "imageServiceEndpoint:\n  unix:///run/containerd/containerd.sock", "imageServiceEndpoint: "+tc.endpoint, 1), 0o600)
+			in := n.installer()
+			if err := in.Install(t.Context(), n.src); err != nil {
+				t.Fatal(err)
+			}
+			n.takeEvents()
+			err := in.Uninstall(t.Context())
+			if err == nil || !strings.Contains(err.Error(), "still points imageServiceEndpoint at pullgate") {
+				t.Fatalf("Uninstall = %v, want a refusal", err)
+			}
+			for _, e := range n.takeEvents() {
+				if strings.Contains(e, "pullgate.service") {
+					t.Errorf("pullgate stopped: %s", e)
+				}
 			}
 		})
 	}

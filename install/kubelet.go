@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"path"
 	"reflect"
 	"strings"
 	"time"
@@ -98,7 +99,7 @@ func revert(original, current []byte) (data []byte, exact bool, err error) {
 	}
 	var fields []field
 	for _, k := range endpointKeys {
-		if cur[k] != Endpoint {
+		if !isPullgate(cur[k]) {
 			continue
 		}
 		if v, ok := orig[k].(string); ok {
@@ -116,16 +117,43 @@ func revert(original, current []byte) (data []byte, exact bool, err error) {
 
 // usesPullgate reports whether a kubelet configuration points kubelet at pullgate.
 func usesPullgate(data []byte) bool {
+	return len(pullgateFields(data)) > 0
+}
+
+// pullgateFields are the endpoint fields of a kubelet configuration that lead to pullgate's
+// socket, however they are spelled.
+func pullgateFields(data []byte) []string {
 	m, err := decodeMap(data)
 	if err != nil {
-		return false
+		return nil
 	}
+	var keys []string
 	for _, k := range endpointKeys {
-		if m[k] == Endpoint {
-			return true
+		if isPullgate(m[k]) {
+			keys = append(keys, k)
 		}
 	}
-	return false
+	return keys
+}
+
+// isPullgate reports whether an endpoint as kubelet reads it leads to pullgate's socket. kubelet
+// takes a bare path as a unix socket, and /var/run is /run on every systemd host.
+func isPullgate(endpoint any) bool {
+	s, ok := endpoint.(string)
+	if !ok {
+		return false
+	}
+	s = strings.TrimSpace(s)
+	if rest, ok := strings.CutPrefix(s, "unix://"); ok {
+		s = rest
+	} else if strings.Contains(s, "://") {
+		return false
+	}
+	s = path.Clean(s)
+	if rest, ok := strings.CutPrefix(s, "/var/run/"); ok {
+		s = "/run/" + rest
+	}
+	return s == Socket
 }
 
 func indexKey(lines []string, key string) int {
