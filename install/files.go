@@ -21,6 +21,16 @@ type manifest struct {
 	Files         []original `json:"files"`
 	// Dirs the installer created, parents first; uninstall removes those left empty.
 	Dirs []string `json:"dirs"`
+	// Pending is what a run set out to do after changing files and has not seen through yet,
+	// so that a run cut short (a systemctl error, the pod killed) is finished by the next one
+	// rather than taken for done because the files are already in place.
+	Pending pending `json:"pending,omitzero"`
+}
+
+type pending struct {
+	DaemonReload bool `json:"daemonReload,omitempty"`
+	Restart      bool `json:"restart,omitempty"` // pullgate.service, then the probe
+	Kubelet      bool `json:"kubelet,omitempty"` // kubelet.service, then its health check
 }
 
 type original struct {
@@ -64,6 +74,15 @@ func (f *files) load() (bool, error) {
 		return false, fmt.Errorf("read backup manifest %s: %w", f.manifestPath(), err)
 	}
 	return true, nil
+}
+
+// done clears what a run has now seen through and saves that.
+func (f *files) done(clear func(*pending)) error {
+	clear(&f.m.Pending)
+	if err := f.save(); err != nil {
+		return fmt.Errorf("save backup manifest: %w", err)
+	}
+	return nil
 }
 
 func (f *files) save() error {

@@ -153,7 +153,10 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 		return fmt.Errorf("install: %w", err)
 	}
 	f.m.KubeletConfig = in.kubeletConfig
+	earlier := f.m.Pending
 	var undo []file
+	// Marked pending before the first write (put saves the manifest first), cleared once done.
+	f.m.Pending.DaemonReload, f.m.Pending.Restart = true, true
 	unitsChanged, err := in.putAll(f, &undo, []file{
 		{UnitDir + "/pullgate.socket", unit("pullgate.socket"), 0o644},
 		{UnitDir + "/pullgate.service", unit("pullgate.service"), 0o644},
@@ -169,12 +172,16 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 	for _, k := range keys {
 		daemonFiles = append(daemonFiles, file{filepath.Join(KeysDir, k.name), k.data, 0o644})
 	}
+	reload := unitsChanged || earlier.DaemonReload
+	f.m.Pending.DaemonReload = reload
 	daemonChanged, err := in.putAll(f, &undo, daemonFiles)
 	if err != nil {
 		return err
 	}
+	restart := reload || daemonChanged || earlier.Restart
+	f.m.Pending.Restart = restart
 
-	if unitsChanged {
+	if reload {
 		if err := in.systemctl.Run(ctx, "daemon-reload"); err != nil {
 			return fmt.Errorf("install: %w", err)
 		}
@@ -187,7 +194,7 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 	}
 	// The socket unit keeps the listening socket during a restart, so kubelet's calls wait.
 	start := "start"
-	if unitsChanged || daemonChanged {
+	if restart {
 		start = "restart"
 	}
 	err = in.systemctl.Run(ctx, start, "pullgate.service")
@@ -199,34 +206,72 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 			return fmt.Errorf("install: %w; kubelet left as it was; see journalctl -u pullgate", err)
 		}
 		// kubelet already uses pullgate: an upgrade that does not answer is rolled back.
-		if rerr := in.rollback(ctx, f, undo, unitsChanged); rerr != nil {
+		if rerr := in.rollback(ctx, f, undo, reload); rerr != nil {
 			return fmt.Errorf("install: %w; putting back the previous files: %w; kubelet uses pullgate: see journalctl -u pullgate now", err, rerr)
+		}
+		if serr := f.done(func(p *pending) { p.DaemonReload, p.Restart = false, false }); serr != nil {
+			return fmt.Errorf("install: %w; put back the previous files, and pullgate answers again, but %w", err, serr)
 		}
 		return fmt.Errorf("install: %w; put back the previous files, and pullgate answers again; see journalctl -u pullgate", err)
 	}
 	in.log.Info("pullgate answers", "socket", Socket)
+	if restart {
+		if err := f.done(func(p *pending) { p.DaemonReload, p.Restart = false, false }); err != nil {
+			return fmt.Errorf("install: %w", err)
+		}
+	}
 
-	if bytes.Equal(kubeletBefore, kubeletAfter) {
+	if bytes.Equal(kubeletBefore, kubeletAfter) && !f.m.Pending.Kubelet {
 		in.log.Info("kubelet already uses pullgate", "config", in.kubeletConfig)
 		return nil
 	}
+	return in.switchKubelet(ctx, f, kubeletBefore, kubeletAfter)
+}
+
+// switchKubelet points kubelet at pullgate, restarts it and waits for its health, and puts its
+// previous configuration back if it is not healthy. With nothing left to write, it finishes
+// the switch of an earlier run that was cut short before kubelet was seen healthy.
+func (in *Installer) switchKubelet(ctx context.Context, f *files, before, after []byte) error {
 	mode := fileMode(in.host(in.kubeletConfig))
-	if _, err := f.put(in.kubeletConfig, kubeletAfter, mode); err != nil {
+	resumed := bytes.Equal(before, after)
+	f.m.Pending.Kubelet = true
+	if !resumed {
+		if _, err := f.put(in.kubeletConfig, after, mode); err != nil {
+			return err
+		}
+	}
+	in.log.Info("switched kubelet to pullgate, restarting kubelet", "config", in.kubeletConfig, "endpoint", Endpoint, "resumed", resumed)
+	err := in.restartKubelet(ctx)
+	if err == nil {
+		in.log.Info("kubelet healthy with pullgate")
+		return f.done(func(p *pending) { p.Kubelet = false })
+	}
+	if perr := in.unswitchKubelet(f, before, mode, resumed); perr != nil {
+		return fmt.Errorf("install: kubelet not healthy after the switch to pullgate (%v), and the previous %s could not be put back: %w", err, in.kubeletConfig, perr)
+	}
+	again := "kubelet is healthy again"
+	if rerr := in.restartKubelet(ctx); rerr != nil {
+		again = fmt.Sprintf("kubelet is not healthy with it either: %v", rerr)
+	}
+	if serr := f.done(func(p *pending) { p.Kubelet = false }); serr != nil {
+		again += "; " + serr.Error()
+	}
+	return fmt.Errorf("install: kubelet not healthy after the switch to pullgate: %w; put back the previous %s and restarted kubelet; %s", err, in.kubeletConfig, again)
+}
+
+// unswitchKubelet puts back kubelet's configuration from before the switch: this run's copy,
+// or for a switch resumed from an earlier run, the endpoints from before the first install.
+func (in *Installer) unswitchKubelet(f *files, before []byte, mode fs.FileMode, resumed bool) error {
+	if !resumed {
+		_, err := f.put(in.kubeletConfig, before, mode)
 		return err
 	}
-	in.log.Info("switched kubelet to pullgate, restarting kubelet", "config", in.kubeletConfig, "endpoint", Endpoint)
-	if err := in.restartKubelet(ctx); err != nil {
-		if _, perr := f.put(in.kubeletConfig, kubeletBefore, mode); perr != nil {
-			return fmt.Errorf("install: kubelet not healthy after the switch to pullgate (%v), and the previous %s could not be put back: %w", err, in.kubeletConfig, perr)
-		}
-		again := "kubelet is healthy again"
-		if rerr := in.restartKubelet(ctx); rerr != nil {
-			again = fmt.Sprintf("kubelet is not healthy with it either: %v", rerr)
-		}
-		return fmt.Errorf("install: kubelet not healthy after the switch to pullgate: %w; put back the previous %s and restarted kubelet; %s", err, in.kubeletConfig, again)
+	o, ok := f.m.find(in.kubeletConfig)
+	if !ok {
+		return fmt.Errorf("no backup of %s", in.kubeletConfig)
 	}
-	in.log.Info("kubelet healthy with pullgate")
-	return nil
+	_, err := in.revertKubelet(f, o)
+	return err
 }
 
 // Uninstall points kubelet back at what it used before, while pullgate still answers, then

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -57,6 +59,9 @@ type node struct {
 	probeErrs, healthErrs []error
 	// systemctlErrs fail systemctl commands, once each.
 	systemctlErrs map[string]error
+	// kill ends the installer, as if its process were killed, when it runs this systemctl
+	// command (see installKilled).
+	kill string
 }
 
 func newNode(t *testing.T) *node {
@@ -126,6 +131,9 @@ func (n *node) Run(_ context.Context, args ...string) error {
 		e += " -> " + n.kubeletEndpoint()
 	}
 	n.record(e)
+	if e == n.kill {
+		runtime.Goexit()
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	err := n.systemctlErrs[e]
@@ -157,6 +165,26 @@ func pop(errs *[]error) error {
 
 func (n *node) installer(opts ...Option) *Installer {
 	return New(n.root, n, append([]Option{WithProbe(n.probe), WithKubeletHealth(n.health), WithKubeletConfig(kubeletPath)}, opts...)...)
+}
+
+// installKilled runs Install until it is killed at systemctl command e: nothing of the
+// installer runs after that, as when the pod is killed.
+func (n *node) installKilled(in *Installer, e string) {
+	n.t.Helper()
+	n.kill = e
+	returned := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		returned <- in.Install(n.t.Context(), n.src)
+	}()
+	<-done
+	n.kill = ""
+	select {
+	case err := <-returned:
+		n.t.Fatalf("Install returned %v, want it killed at %q", err, e)
+	default:
+	}
 }
 
 // takeEvents returns what happened since the last call.
@@ -382,6 +410,84 @@ func TestUpgrade(t *testing.T) {
 		"systemctl restart pullgate.service",
 		"probe, kubelet on unix:///run/pullgate/pullgate.sock",
 	})
+}
+
+// A run cut short after it changed files leaves the rest to the next run, which restarts what
+// the files changed and checks it, rather than finding nothing changed and reporting success.
+func TestInstallResumes(t *testing.T) {
+	t.Parallel()
+	installed := []string{
+		"systemctl enable pullgate.socket pullgate.service",
+		"systemctl start pullgate.socket",
+		"systemctl start pullgate.service",
+		"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+	}
+	for _, tc := range []struct {
+		name    string
+		upgrade bool   // installed once before, then v2
+		kill    string // where the first run ends
+		health  []error
+		want    []string // the re-run
+		kubelet string   // kubelet's endpoint after the re-run
+	}{
+		{name: "before daemon-reload", kill: "systemctl daemon-reload", want: []string{
+			"systemctl daemon-reload",
+			"systemctl enable pullgate.socket pullgate.service",
+			"systemctl start pullgate.socket",
+			"systemctl restart pullgate.service",
+			"probe, kubelet on unix:///run/containerd/containerd.sock",
+			"systemctl restart kubelet.service -> unix:///run/pullgate/pullgate.sock",
+			"healthz",
+		}, kubelet: Endpoint},
+		{name: "upgrade before the restart", upgrade: true, kill: "systemctl restart pullgate.service", want: []string{
+			"systemctl enable pullgate.socket pullgate.service",
+			"systemctl start pullgate.socket",
+			"systemctl restart pullgate.service",
+			"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+		}, kubelet: Endpoint},
+		{name: "before kubelet's restart", kill: "systemctl restart kubelet.service -> unix:///run/pullgate/pullgate.sock", want: append(slices.Clone(installed),
+			"systemctl restart kubelet.service -> unix:///run/pullgate/pullgate.sock",
+			"healthz",
+		), kubelet: Endpoint},
+		{name: "before kubelet's restart, then unhealthy", kill: "systemctl restart kubelet.service -> unix:///run/pullgate/pullgate.sock",
+			health: []error{errors.New("healthz: 500")}, want: append(slices.Clone(installed),
+				"systemctl restart kubelet.service -> unix:///run/pullgate/pullgate.sock",
+				"healthz",
+				"systemctl restart kubelet.service -> unix:///run/containerd/containerd.sock",
+				"healthz",
+			), kubelet: "unix:///run/containerd/containerd.sock"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			in := n.installer()
+			if tc.upgrade {
+				if err := in.Install(t.Context(), n.src); err != nil {
+					t.Fatal(err)
+				}
+				writeFile(t, n.src.Binary, "binary v2", 0o755)
+			}
+			n.installKilled(in, tc.kill)
+			n.takeEvents()
+			n.healthErrs = tc.health
+			err := in.Install(t.Context(), n.src)
+			if (err != nil) != (tc.health != nil) {
+				t.Fatalf("re-run: Install = %v", err)
+			}
+			equalEvents(t, "re-run", n.takeEvents(), tc.want)
+			if got := n.kubeletEndpoint(); got != tc.kubelet {
+				t.Errorf("kubelet on %s, want %s", got, tc.kubelet)
+			}
+			if tc.health != nil {
+				return
+			}
+			// Seen through: the next run has nothing left to do.
+			if err := in.Install(t.Context(), n.src); err != nil {
+				t.Fatal(err)
+			}
+			equalEvents(t, "third run", n.takeEvents(), installed)
+		})
+	}
 }
 
 // A new configuration that pullgate refuses to start with (ExecStartPre) is rolled back too.
