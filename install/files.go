@@ -61,11 +61,12 @@ func (f *files) host(path string) string { return filepath.Join(f.root, path) }
 
 func (f *files) manifestPath() string { return f.host(filepath.Join(BackupDir, "manifest.json")) }
 
-// load reads the manifest of an earlier install; none is an empty one.
-func (f *files) load() (bool, error) {
+// load reads the manifest of an earlier install; none is an empty one. kubelet is kubelet's
+// configuration file, the one path outside pullgate's own the manifest may name.
+func (f *files) load(kubelet string) (bool, error) {
 	data, err := os.ReadFile(f.manifestPath())
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
+		return false, f.noOldBackups()
 	}
 	if err != nil {
 		return false, fmt.Errorf("read backup manifest: %w", err)
@@ -73,7 +74,81 @@ func (f *files) load() (bool, error) {
 	if err := json.Unmarshal(data, &f.m); err != nil {
 		return false, fmt.Errorf("read backup manifest %s: %w", f.manifestPath(), err)
 	}
+	if err := f.m.check(kubelet); err != nil {
+		return false, fmt.Errorf("backup manifest %s: %w; it names only what the installer writes, so it was changed by something else: check the node, then put back the files it lists by hand", filepath.Join(BackupDir, "manifest.json"), err)
+	}
 	return true, nil
+}
+
+// oldBackupDir is where installers before BackupDir kept the backups, writable by pullgate.
+const oldBackupDir = "/var/lib/pullgate/backup"
+
+// noOldBackups refuses to take a node whose backups are still where pullgate could change them
+// for a fresh one: its originals would be lost, and they are to be checked before they are used.
+func (f *files) noOldBackups() error {
+	old := filepath.Join(oldBackupDir, "manifest.json")
+	if _, err := os.Lstat(f.host(old)); err != nil {
+		return nil
+	}
+	return fmt.Errorf("backups of an earlier install are in %s, where pullgate itself may write: check that %s lists only pullgate's files and that the backups next to it are the originals, then move them: mv %s %s && chmod 0700 %s", oldBackupDir, old, oldBackupDir, BackupDir, BackupDir)
+}
+
+// check accepts only what the installer itself writes, since uninstall acts on the manifest
+// with full root: its own paths, kubelet's configuration, backups named after them, and their
+// parent directories.
+func (m *manifest) check(kubelet string) error {
+	if m.KubeletConfig != "" && m.KubeletConfig != kubelet {
+		return fmt.Errorf("kubelet configuration %s, not %s: pass --kubelet-config %s if that is kubelet's file", m.KubeletConfig, kubelet, m.KubeletConfig)
+	}
+	var problems []error
+	for _, o := range m.Files {
+		switch {
+		case !ownPath(o.Path, kubelet):
+			problems = append(problems, fmt.Errorf("path %q is not one the installer writes", o.Path))
+		case o.Existed && o.Backup != backupName(o.Path), !o.Existed && o.Backup != "":
+			problems = append(problems, fmt.Errorf("backup %q of %s is not the installer's", o.Backup, o.Path))
+		case o.Mode&^fs.ModePerm != 0 || o.UID < 0 || o.GID < 0:
+			problems = append(problems, fmt.Errorf("mode %v or owner %d:%d of %s", o.Mode, o.UID, o.GID, o.Path))
+		}
+	}
+	for _, d := range m.Dirs {
+		if !ownDir(d, kubelet) {
+			problems = append(problems, fmt.Errorf("directory %q is not one the installer creates", d))
+		}
+	}
+	return errors.Join(problems...)
+}
+
+// ownPath reports whether the installer writes path: one of its files, a key, or kubelet's
+// configuration.
+func ownPath(path, kubelet string) bool {
+	if path != filepath.Clean(path) || !filepath.IsAbs(path) {
+		return false
+	}
+	switch path {
+	case BinaryPath, ConfigPath, UnitDir + "/pullgate.socket", UnitDir + "/pullgate.service", KubeletDrop, kubelet:
+		return true
+	}
+	dir, name := filepath.Split(path)
+	return dir == KeysDir+"/" && name != "" && !strings.HasPrefix(name, ".")
+}
+
+// ownDir reports whether dir is a directory the installer may create: a parent of a path it
+// writes.
+func ownDir(dir, kubelet string) bool {
+	if dir != filepath.Clean(dir) || !filepath.IsAbs(dir) || dir == "/" {
+		return false
+	}
+	for _, p := range []string{BinaryPath, ConfigPath, KeysDir + "/key", KubeletDrop, kubelet, BackupDir + "/manifest.json"} {
+		if strings.HasPrefix(p, dir+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+func backupName(path string) string {
+	return strings.ReplaceAll(strings.TrimPrefix(path, "/"), "/", "_")
 }
 
 // done clears what a run has now seen through and saves that.
@@ -86,7 +161,7 @@ func (f *files) done(clear func(*pending)) error {
 }
 
 func (f *files) save() error {
-	if err := f.mkdirAll(BackupDir); err != nil {
+	if err := f.mkdirBackup(); err != nil {
 		return err
 	}
 	data, err := json.MarshalIndent(f.m, "", "  ")
@@ -147,8 +222,8 @@ func (f *files) backup(path string, fi fs.FileInfo) error {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			o.UID, o.GID = int(st.Uid), int(st.Gid)
 		}
-		o.Backup = strings.ReplaceAll(strings.TrimPrefix(path, "/"), "/", "_")
-		if err := f.mkdirAll(BackupDir); err != nil {
+		o.Backup = backupName(path)
+		if err := f.mkdirBackup(); err != nil {
 			return err
 		}
 		if err := writeAtomic(f.host(filepath.Join(BackupDir, o.Backup)), data, 0o600, nil); err != nil {
@@ -209,6 +284,18 @@ func (f *files) mkdirAll(dir string) error {
 		return fmt.Errorf("create %s: %w", dir, err)
 	}
 	f.m.Dirs = append(f.m.Dirs, dir)
+	return nil
+}
+
+// mkdirBackup creates BackupDir for root alone: the originals may be secrets, and what is in
+// it decides what uninstall writes as root.
+func (f *files) mkdirBackup() error {
+	if err := f.mkdirAll(BackupDir); err != nil {
+		return err
+	}
+	if err := os.Chmod(f.host(BackupDir), 0o700); err != nil {
+		return fmt.Errorf("create %s: %w", BackupDir, err)
+	}
 	return nil
 }
 

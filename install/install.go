@@ -31,7 +31,9 @@ const (
 	UnitDir     = "/etc/systemd/system"
 	KubeletDrop = "/etc/systemd/system/kubelet.service.d/10-pullgate.conf"
 	Socket      = "/run/pullgate/pullgate.sock"
-	BackupDir   = "/var/lib/pullgate/backup"
+	// BackupDir is outside pullgate's own StateDirectory (/var/lib/pullgate), which the
+	// sandboxed daemon may write: uninstall, as root, acts on what is in it.
+	BackupDir = "/var/lib/pullgate-install"
 
 	DefaultKubeletConfig  = "/var/lib/kubelet/config.yaml"
 	DefaultKubeletHealthz = "http://127.0.0.1:10248/healthz"
@@ -149,7 +151,7 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 	}
 
 	f := &files{root: in.root}
-	if _, err := f.load(); err != nil {
+	if _, err := f.load(in.kubeletConfig); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
 	f.m.KubeletConfig = in.kubeletConfig
@@ -278,7 +280,7 @@ func (in *Installer) unswitchKubelet(f *files, before []byte, mode fs.FileMode, 
 // stops pullgate and puts back every file as it was before the first install.
 func (in *Installer) Uninstall(ctx context.Context) error {
 	f := &files{root: in.root}
-	found, err := f.load()
+	found, err := f.load(in.kubeletConfig)
 	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}

@@ -2,6 +2,7 @@ package install
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -711,6 +712,7 @@ func TestInstallRefuses(t *testing.T) {
 			os.Rename(filepath.Join(n.root, kubeletPath), filepath.Join(n.root, kubeletPath+".real"))
 			os.Symlink(filepath.Base(kubeletPath)+".real", filepath.Join(n.root, kubeletPath))
 		}, want: "not a regular file"},
+		{name: "backups where pullgate writes", change: func(n *node) { n.write("/var/lib/pullgate/backup/manifest.json", "{}", 0o600) }, want: "mv /var/lib/pullgate/backup " + BackupDir},
 		{name: "not a KubeletConfiguration", change: func(n *node) { n.write(kubeletPath, "kind: Pod\n", 0o600) }, want: "not a KubeletConfiguration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -726,6 +728,100 @@ func TestInstallRefuses(t *testing.T) {
 				t.Errorf("a refused install changed files")
 			}
 			equalEvents(t, "refused install", n.takeEvents(), nil)
+		})
+	}
+}
+
+// The backups decide what uninstall writes as root, so pullgate's sandboxed daemon must not be
+// able to change them.
+func TestBackupsOutOfPullgatesReach(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	if err := n.installer().Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(n.root, BackupDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o700 {
+		t.Errorf("%s: mode %v, want 0700", BackupDir, fi.Mode().Perm())
+	}
+	var writable []string
+	for _, l := range strings.Split(string(unit("pullgate.service")), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok && k == "ReadWritePaths" {
+			writable = append(writable, strings.Fields(v)...)
+		}
+		if k, v, ok := strings.Cut(l, "="); ok && k == "StateDirectory" {
+			writable = append(writable, "/var/lib/"+v)
+		}
+	}
+	if len(writable) == 0 {
+		t.Fatal("no ReadWritePaths in pullgate.service")
+	}
+	for _, w := range writable {
+		if BackupDir == w || strings.HasPrefix(BackupDir, w+"/") {
+			t.Errorf("%s is in %s, which pullgate.service may write", BackupDir, w)
+		}
+	}
+}
+
+// A manifest naming anything but what the installer writes is refused before anything changes.
+func TestManifestRefused(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		change func(m *manifest)
+		want   string
+	}{
+		{name: "path outside the root", change: func(m *manifest) { m.Files[0].Path = "/../outside" }, want: `path "/../outside"`},
+		{name: "path not the installer's", change: func(m *manifest) { m.Files[0].Path = "/etc/passwd" }, want: `path "/etc/passwd"`},
+		{name: "hidden key", change: func(m *manifest) { m.Files[0].Path = KeysDir + "/..data" }, want: "is not one the installer writes"},
+		{name: "backup elsewhere", change: func(m *manifest) {
+			m.Files = append(m.Files, original{Path: BinaryPath, Existed: true, Mode: 0o755, Backup: "../../../etc/shadow"})
+		}, want: `backup "../../../etc/shadow"`},
+		{name: "backup of another file", change: func(m *manifest) {
+			m.Files = append(m.Files, original{Path: BinaryPath, Existed: true, Mode: 0o755, Backup: backupName(kubeletPath)})
+		}, want: "is not the installer's"},
+		{name: "setuid", change: func(m *manifest) {
+			m.Files = append(m.Files, original{Path: BinaryPath, Existed: true, Mode: 0o755 | fs.ModeSetuid, Backup: backupName(BinaryPath)})
+		}, want: "mode"},
+		{name: "directory", change: func(m *manifest) { m.Dirs = append(m.Dirs, "/home") }, want: `directory "/home"`},
+		{name: "another kubelet configuration", change: func(m *manifest) { m.KubeletConfig = "/etc/shadow" }, want: "pass --kubelet-config /etc/shadow"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			in := n.installer()
+			if err := in.Install(t.Context(), n.src); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(n.root, BackupDir, "manifest.json")
+			var m manifest
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(data, &m); err != nil {
+				t.Fatal(err)
+			}
+			tc.change(&m)
+			data, _ = json.Marshal(m)
+			n.write(BackupDir+"/manifest.json", string(data), 0o600)
+			n.takeEvents()
+			before := n.snapshot()
+			for _, run := range []func() error{
+				func() error { return in.Uninstall(t.Context()) },
+				func() error { return in.Install(t.Context(), n.src) },
+			} {
+				if err := run(); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "backup manifest") {
+					t.Errorf("got %v, want a refusal naming %q", err, tc.want)
+				}
+			}
+			equalEvents(t, "refused", n.takeEvents(), nil)
+			if after := n.snapshot(); !reflect.DeepEqual(before, after) {
+				t.Errorf("a refused manifest changed files")
+			}
 		})
 	}
 }
