@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -53,18 +52,16 @@ func (m *manifest) find(path string) (original, bool) {
 
 // files changes files under a host root, keeping the originals in BackupDir.
 type files struct {
-	root string
-	m    manifest
+	h host
+	m manifest
 }
 
-func (f *files) host(path string) string { return filepath.Join(f.root, path) }
-
-func (f *files) manifestPath() string { return f.host(filepath.Join(BackupDir, "manifest.json")) }
+var manifestPath = filepath.Join(BackupDir, "manifest.json")
 
 // load reads the manifest of an earlier install; none is an empty one. kubelet is kubelet's
 // configuration file, the one path outside pullgate's own the manifest may name.
 func (f *files) load(kubelet string) (bool, error) {
-	data, err := os.ReadFile(f.manifestPath())
+	data, err := f.h.ReadFile(manifestPath)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, f.noOldBackups()
 	}
@@ -72,10 +69,10 @@ func (f *files) load(kubelet string) (bool, error) {
 		return false, fmt.Errorf("read backup manifest: %w", err)
 	}
 	if err := json.Unmarshal(data, &f.m); err != nil {
-		return false, fmt.Errorf("read backup manifest %s: %w", f.manifestPath(), err)
+		return false, fmt.Errorf("read backup manifest %s: %w", manifestPath, err)
 	}
 	if err := f.m.check(kubelet); err != nil {
-		return false, fmt.Errorf("backup manifest %s: %w; it names only what the installer writes, so it was changed by something else: check the node, then put back the files it lists by hand", filepath.Join(BackupDir, "manifest.json"), err)
+		return false, fmt.Errorf("backup manifest %s: %w; it names only what the installer writes, so it was changed by something else: check the node, then put back the files it lists by hand", manifestPath, err)
 	}
 	return true, nil
 }
@@ -87,7 +84,7 @@ const oldBackupDir = "/var/lib/pullgate/backup"
 // for a fresh one: its originals would be lost, and they are to be checked before they are used.
 func (f *files) noOldBackups() error {
 	old := filepath.Join(oldBackupDir, "manifest.json")
-	if _, err := os.Lstat(f.host(old)); err != nil {
+	if _, err := f.h.Lstat(old); err != nil {
 		return nil
 	}
 	return fmt.Errorf("backups of an earlier install are in %s, where pullgate itself may write: check that %s lists only pullgate's files and that the backups next to it are the originals, then move them: mv %s %s && chmod 0700 %s", oldBackupDir, old, oldBackupDir, BackupDir, BackupDir)
@@ -168,19 +165,18 @@ func (f *files) save() error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(f.manifestPath(), append(data, '\n'), 0o600, nil)
+	return f.h.writeAtomic(manifestPath, append(data, '\n'), 0o600, nil)
 }
 
 // put makes path hold data with mode, and reports whether anything changed. Before the first
 // change of a path, what was there is backed up and recorded. The manifest is saved before the
 // file changes, so that an install cut short can still be undone.
 func (f *files) put(path string, data []byte, mode fs.FileMode) (bool, error) {
-	full := f.host(path)
-	fi, err := os.Lstat(full)
+	fi, err := f.h.Lstat(path)
 	switch {
 	case err == nil:
 		if fi.Mode().Perm() == mode {
-			if cur, err := os.ReadFile(full); err == nil && bytes.Equal(cur, data) {
+			if cur, err := f.h.ReadFile(path); err == nil && bytes.Equal(cur, data) {
 				return false, nil
 			}
 		}
@@ -202,7 +198,7 @@ func (f *files) put(path string, data []byte, mode fs.FileMode) (bool, error) {
 	if fi != nil {
 		owner, _ = fi.Sys().(*syscall.Stat_t)
 	}
-	if err := writeAtomic(full, data, mode, owner); err != nil {
+	if err := f.h.writeAtomic(path, data, mode, owner); err != nil {
 		return false, fmt.Errorf("install %s: %w", path, err)
 	}
 	return true, nil
@@ -214,7 +210,7 @@ func (f *files) backup(path string, fi fs.FileInfo) error {
 		if !fi.Mode().IsRegular() {
 			return fmt.Errorf("install %s: exists and is not a regular file (a symbolic link is not followed, so that uninstall can put it back); move it away first", path)
 		}
-		data, err := os.ReadFile(f.host(path))
+		data, err := f.h.ReadFile(path)
 		if err != nil {
 			return fmt.Errorf("back up %s: %w", path, err)
 		}
@@ -226,7 +222,7 @@ func (f *files) backup(path string, fi fs.FileInfo) error {
 		if err := f.mkdirBackup(); err != nil {
 			return err
 		}
-		if err := writeAtomic(f.host(filepath.Join(BackupDir, o.Backup)), data, 0o600, nil); err != nil {
+		if err := f.h.writeAtomic(filepath.Join(BackupDir, o.Backup), data, 0o600, nil); err != nil {
 			return fmt.Errorf("back up %s: %w", path, err)
 		}
 	}
@@ -236,9 +232,8 @@ func (f *files) backup(path string, fi fs.FileInfo) error {
 
 // restore puts back what was at o.Path before pullgate.
 func (f *files) restore(o original) (bool, error) {
-	full := f.host(o.Path)
 	if !o.Existed {
-		err := os.Remove(full)
+		err := f.h.Remove(o.Path)
 		if errors.Is(err, fs.ErrNotExist) {
 			return false, nil
 		}
@@ -247,17 +242,17 @@ func (f *files) restore(o original) (bool, error) {
 		}
 		return true, nil
 	}
-	data, err := os.ReadFile(f.host(filepath.Join(BackupDir, o.Backup)))
+	data, err := f.h.ReadFile(filepath.Join(BackupDir, o.Backup))
 	if err != nil {
 		return false, fmt.Errorf("restore %s: %w", o.Path, err)
 	}
-	if cur, err := os.ReadFile(full); err == nil && bytes.Equal(cur, data) {
-		if fi, err := os.Stat(full); err == nil && fi.Mode().Perm() == o.Mode && ownedBy(fi, o.UID, o.GID) {
+	if cur, err := f.h.ReadFile(o.Path); err == nil && bytes.Equal(cur, data) {
+		if fi, err := f.h.Stat(o.Path); err == nil && fi.Mode().Perm() == o.Mode && ownedBy(fi, o.UID, o.GID) {
 			return false, nil
 		}
 	}
 	owner := &syscall.Stat_t{Uid: uint32(o.UID), Gid: uint32(o.GID)}
-	if err := writeAtomic(full, data, o.Mode, owner); err != nil {
+	if err := f.h.writeAtomic(o.Path, data, o.Mode, owner); err != nil {
 		return false, fmt.Errorf("restore %s: %w", o.Path, err)
 	}
 	return true, nil
@@ -276,7 +271,7 @@ func (f *files) mkdirAll(dir string) error {
 	if err := f.mkdirAll(filepath.Dir(dir)); err != nil {
 		return err
 	}
-	err := os.Mkdir(f.host(dir), 0o755)
+	err := f.h.Mkdir(dir, 0o755)
 	if errors.Is(err, fs.ErrExist) {
 		return nil
 	}
@@ -293,40 +288,8 @@ func (f *files) mkdirBackup() error {
 	if err := f.mkdirAll(BackupDir); err != nil {
 		return err
 	}
-	if err := os.Chmod(f.host(BackupDir), 0o700); err != nil {
+	if err := f.h.Chmod(BackupDir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", BackupDir, err)
 	}
 	return nil
-}
-
-// writeAtomic replaces path by data in one rename, so that a reader (systemd starting the
-// binary, kubelet reading its configuration) sees the old file or the new one, never half.
-func writeAtomic(path string, data []byte, mode fs.FileMode, owner *syscall.Stat_t) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".pullgate-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if owner != nil {
-		if err := tmp.Chown(int(owner.Uid), int(owner.Gid)); err != nil {
-			tmp.Close()
-			return err
-		}
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -131,17 +131,25 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 		if cfg, err = readConfig(src.Config); err != nil {
 			return err
 		}
-	} else if _, err := os.Stat(in.host(ConfigPath)); err != nil {
-		return fmt.Errorf("install: no configuration at %s: pass --config FILE (systemd/config.yaml is an example; its defaultAction deny refuses every pull until policies are added)", ConfigPath)
+	}
+	h, err := openHost(in.root)
+	if err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	defer h.Close()
+	if src.Config == "" {
+		if _, err := h.Stat(ConfigPath); err != nil {
+			return fmt.Errorf("install: no configuration at %s: pass --config FILE (systemd/config.yaml is an example; its defaultAction deny refuses every pull until policies are added)", ConfigPath)
+		}
 	}
 	keys, err := readKeys(src.Keys)
 	if err != nil {
 		return err
 	}
-	if fi, err := os.Lstat(in.host(in.kubeletConfig)); err == nil && !fi.Mode().IsRegular() {
+	if fi, err := h.Lstat(in.kubeletConfig); err == nil && !fi.Mode().IsRegular() {
 		return fmt.Errorf("install: kubelet configuration %s is not a regular file; point --kubelet-config at the file itself", in.kubeletConfig)
 	}
-	kubeletBefore, err := os.ReadFile(in.host(in.kubeletConfig))
+	kubeletBefore, err := h.ReadFile(in.kubeletConfig)
 	if err != nil {
 		return fmt.Errorf("install: read kubelet configuration: %w; point --kubelet-config at the KubeletConfiguration file kubelet runs with", err)
 	}
@@ -150,7 +158,23 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 		return fmt.Errorf("install: kubelet configuration %s: %w", in.kubeletConfig, err)
 	}
 
-	f := &files{root: in.root}
+	units := []file{
+		{UnitDir + "/pullgate.socket", unit("pullgate.socket"), 0o644},
+		{UnitDir + "/pullgate.service", unit("pullgate.service"), 0o644},
+		{KubeletDrop, unit("10-pullgate.conf"), 0o644},
+	}
+	daemonFiles := []file{{BinaryPath, bin, 0o755}}
+	if cfg != nil {
+		daemonFiles = append(daemonFiles, file{ConfigPath, cfg, 0o644})
+	}
+	for _, k := range keys {
+		daemonFiles = append(daemonFiles, file{filepath.Join(KeysDir, k.name), k.data, 0o644})
+	}
+	if err := reachable(h, slices.Concat(units, daemonFiles, []file{{path: manifestPath}})); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+
+	f := &files{h: h}
 	if _, err := f.load(in.kubeletConfig); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
@@ -159,20 +183,9 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 	var undo []file
 	// Marked pending before the first write (put saves the manifest first), cleared once done.
 	f.m.Pending.DaemonReload, f.m.Pending.Restart = true, true
-	unitsChanged, err := in.putAll(f, &undo, []file{
-		{UnitDir + "/pullgate.socket", unit("pullgate.socket"), 0o644},
-		{UnitDir + "/pullgate.service", unit("pullgate.service"), 0o644},
-		{KubeletDrop, unit("10-pullgate.conf"), 0o644},
-	})
+	unitsChanged, err := in.putAll(f, &undo, units)
 	if err != nil {
 		return err
-	}
-	daemonFiles := []file{{BinaryPath, bin, 0o755}}
-	if cfg != nil {
-		daemonFiles = append(daemonFiles, file{ConfigPath, cfg, 0o644})
-	}
-	for _, k := range keys {
-		daemonFiles = append(daemonFiles, file{filepath.Join(KeysDir, k.name), k.data, 0o644})
 	}
 	reload := unitsChanged || earlier.DaemonReload
 	f.m.Pending.DaemonReload = reload
@@ -234,7 +247,7 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 // previous configuration back if it is not healthy. With nothing left to write, it finishes
 // the switch of an earlier run that was cut short before kubelet was seen healthy.
 func (in *Installer) switchKubelet(ctx context.Context, f *files, before, after []byte) error {
-	mode := fileMode(in.host(in.kubeletConfig))
+	mode := fileMode(f.h, in.kubeletConfig)
 	resumed := bytes.Equal(before, after)
 	f.m.Pending.Kubelet = true
 	if !resumed {
@@ -279,13 +292,18 @@ func (in *Installer) unswitchKubelet(f *files, before []byte, mode fs.FileMode, 
 // Uninstall points kubelet back at what it used before, while pullgate still answers, then
 // stops pullgate and puts back every file as it was before the first install.
 func (in *Installer) Uninstall(ctx context.Context) error {
-	f := &files{root: in.root}
+	h, err := openHost(in.root)
+	if err != nil {
+		return fmt.Errorf("uninstall: %w", err)
+	}
+	defer h.Close()
+	f := &files{h: h}
 	found, err := f.load(in.kubeletConfig)
 	if err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}
 	if !found {
-		in.log.Info("nothing to uninstall", "manifest", filepath.Join(BackupDir, "manifest.json"))
+		in.log.Info("nothing to uninstall", "manifest", manifestPath)
 		return nil
 	}
 	kubelet, ok := f.m.find(f.m.KubeletConfig)
@@ -301,7 +319,7 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 			}
 		}
 	}
-	if err := in.kubeletLeftPullgate(f.m.KubeletConfig); err != nil {
+	if err := in.kubeletLeftPullgate(f); err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}
 	if err := in.systemctl.Run(ctx, "disable", "--now", "pullgate.service", "pullgate.socket"); err != nil {
@@ -321,17 +339,17 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 	}
 	for _, o := range f.m.Files {
 		if o.Backup != "" {
-			if err := os.Remove(f.host(filepath.Join(BackupDir, o.Backup))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := f.h.Remove(filepath.Join(BackupDir, o.Backup)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("uninstall: %w", err)
 			}
 		}
 	}
-	if err := os.Remove(f.manifestPath()); err != nil {
+	if err := f.h.Remove(manifestPath); err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}
 	// Directories the install created go too, unless something else was put in them since.
 	for _, d := range slices.Backward(f.m.Dirs) {
-		if err := os.Remove(f.host(d)); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
+		if err := f.h.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
 			return fmt.Errorf("uninstall: %w", err)
 		}
 	}
@@ -342,11 +360,9 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 // kubeletLeftPullgate refuses while kubelet's configuration still leads to pullgate's socket
 // after it was put back: it pointed there before the install (set by hand), so stopping pullgate
 // would leave kubelet without an image service.
-func (in *Installer) kubeletLeftPullgate(path string) error {
-	if path == "" {
-		path = in.kubeletConfig
-	}
-	data, err := os.ReadFile(in.host(path))
+func (in *Installer) kubeletLeftPullgate(f *files) error {
+	path := in.kubeletConfig
+	data, err := f.h.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
@@ -361,14 +377,14 @@ func (in *Installer) kubeletLeftPullgate(path string) error {
 
 // revertKubelet points kubelet's configuration back at what it used before pullgate.
 func (in *Installer) revertKubelet(f *files, o original) (bool, error) {
-	current, err := os.ReadFile(in.host(o.Path))
+	current, err := f.h.ReadFile(o.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return f.restore(o)
 	}
 	if err != nil {
 		return false, err
 	}
-	orig, err := os.ReadFile(in.host(filepath.Join(BackupDir, o.Backup)))
+	orig, err := f.h.ReadFile(filepath.Join(BackupDir, o.Backup))
 	if err != nil {
 		return false, err
 	}
@@ -383,12 +399,12 @@ func (in *Installer) revertKubelet(f *files, o original) (bool, error) {
 		return false, nil
 	}
 	in.log.Warn("kubelet configuration changed since pullgate install; setting back only its endpoints", "config", o.Path)
-	fi, err := os.Stat(in.host(o.Path))
+	fi, err := f.h.Stat(o.Path)
 	if err != nil {
 		return false, err
 	}
 	owner, _ := fi.Sys().(*syscall.Stat_t)
-	return true, writeAtomic(in.host(o.Path), data, fi.Mode().Perm(), owner)
+	return true, f.h.writeAtomic(o.Path, data, fi.Mode().Perm(), owner)
 }
 
 func (in *Installer) host(path string) string { return filepath.Join(in.root, path) }
@@ -414,7 +430,7 @@ func (in *Installer) probeSocket(ctx context.Context) error {
 func (in *Installer) rollback(ctx context.Context, f *files, undo []file, unitsChanged bool) error {
 	for _, u := range slices.Backward(undo) {
 		if u.data == nil {
-			if err := os.Remove(in.host(u.path)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := f.h.Remove(u.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
 			}
 			continue
@@ -455,8 +471,8 @@ func (in *Installer) putAll(f *files, undo *[]file, list []file) (bool, error) {
 	changed := false
 	for _, fl := range list {
 		prev := file{path: fl.path}
-		if data, err := os.ReadFile(in.host(fl.path)); err == nil {
-			prev.data, prev.mode = data, fileMode(in.host(fl.path))
+		if data, err := f.h.ReadFile(fl.path); err == nil {
+			prev.data, prev.mode = data, fileMode(f.h, fl.path)
 		}
 		c, err := f.put(fl.path, fl.data, fl.mode)
 		if err != nil {
@@ -471,6 +487,17 @@ func (in *Installer) putAll(f *files, undo *[]file, list []file) (bool, error) {
 	return changed, nil
 }
 
+// reachable refuses, before anything is written, paths the installer could not write without
+// leaving the host root.
+func reachable(h host, list []file) error {
+	for _, fl := range list {
+		if _, err := h.Lstat(fl.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%s: %w", fl.path, err)
+		}
+	}
+	return nil
+}
+
 func unit(name string) []byte {
 	data, err := systemd.Files.ReadFile(name)
 	if err != nil {
@@ -479,8 +506,8 @@ func unit(name string) []byte {
 	return data
 }
 
-func fileMode(path string) fs.FileMode {
-	if fi, err := os.Stat(path); err == nil {
+func fileMode(h host, path string) fs.FileMode {
+	if fi, err := h.Stat(path); err == nil {
 		return fi.Mode().Perm()
 	}
 	return 0o644

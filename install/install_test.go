@@ -826,6 +826,68 @@ func TestManifestRefused(t *testing.T) {
 	}
 }
 
+// Host files are written under the host root only: a symbolic link on the way that is absolute
+// (it would lead into the installer's container) or leads out of the root is refused before
+// anything changes, while a relative link within the root is followed.
+func TestInstallSymlinks(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, link string
+		target     func(outside string) string
+		wantErr    string
+		want       string // for a link that is followed: where the binary lands
+	}{
+		{name: "absolute, out of the root", link: "/etc/pullgate", target: func(o string) string { return o }, wantErr: "/etc/pullgate/config.yaml"},
+		{name: "absolute, a host path", link: "/etc/pullgate", target: func(string) string { return "/srv/pullgate" }, wantErr: "/etc/pullgate/config.yaml"},
+		{name: "relative, out of the root", link: "/etc/pullgate/keys", target: func(o string) string { return "../../../../../../../../../../" + o }, wantErr: KeysDir + "/release.pub"},
+		{name: "unit directory", link: "/etc/systemd/system", target: func(o string) string { return o }, wantErr: "/etc/systemd/system/pullgate.socket"},
+		{name: "backups", link: "/var/lib", target: func(o string) string { return o }, wantErr: manifestPath},
+		{name: "relative, within the root", link: "/usr/local", target: func(string) string { return "../var/usrlocal" }, want: "/var/usrlocal/bin/pullgate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			outside := t.TempDir()
+			if err := os.MkdirAll(filepath.Join(n.root, "srv/pullgate"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Join(n.root, "var/usrlocal"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(filepath.Dir(filepath.Join(n.root, tc.link)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.RemoveAll(filepath.Join(n.root, tc.link)); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(tc.target(outside), filepath.Join(n.root, tc.link)); err != nil {
+				t.Fatal(err)
+			}
+			before := n.snapshot()
+			err := n.installer().Install(t.Context(), n.src)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := n.read(tc.want); got != "binary v1" {
+					t.Errorf("%s = %q", tc.want, got)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "symbolic link") {
+				t.Fatalf("Install = %v, want a refusal naming %s", err, tc.wantErr)
+			}
+			if after := n.snapshot(); !reflect.DeepEqual(before, after) {
+				t.Errorf("a refused install changed files")
+			}
+			if entries, _ := os.ReadDir(outside); len(entries) > 0 {
+				t.Errorf("written outside the host root: %v", entries)
+			}
+			equalEvents(t, "refused install", n.takeEvents(), nil)
+		})
+	}
+}
+
 func TestSetFields(t *testing.T) {
 	t.Parallel()
 	head := "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"
