@@ -208,7 +208,7 @@ func (f *files) backup(path string, fi fs.FileInfo) error {
 	o := original{Path: path}
 	if fi != nil {
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("install %s: exists and is not a regular file (a symbolic link is not followed, so that uninstall can put it back); move it away first", path)
+			return fmt.Errorf("install %w", notRegular(path))
 		}
 		data, err := f.h.ReadFile(path)
 		if err != nil {

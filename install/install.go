@@ -488,14 +488,23 @@ func (in *Installer) putAll(f *files, undo *[]file, list []file) (bool, error) {
 }
 
 // reachable refuses, before anything is written, paths the installer could not write without
-// leaving the host root.
+// leaving the host root or replacing something other than a file.
 func reachable(h host, list []file) error {
 	for _, fl := range list {
-		if _, err := h.Lstat(fl.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		fi, err := h.Lstat(fl.path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
 			return fmt.Errorf("%s: %w", fl.path, err)
+		case !fi.Mode().IsRegular():
+			return notRegular(fl.path)
 		}
 	}
 	return nil
+}
+
+func notRegular(path string) error {
+	return fmt.Errorf("%s: exists and is not a regular file (a symbolic link is not followed, so that uninstall can put it back); move it away first", path)
 }
 
 func unit(name string) []byte {

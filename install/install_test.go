@@ -102,6 +102,13 @@ func writeFile(t *testing.T, path, data string, mode fs.FileMode) {
 	}
 }
 
+func (n *node) chown(path string, uid, gid int) {
+	n.t.Helper()
+	if err := os.Lchown(filepath.Join(n.root, path), uid, gid); err != nil {
+		n.t.Fatal(err)
+	}
+}
+
 func (n *node) read(path string) string {
 	n.t.Helper()
 	data, err := os.ReadFile(filepath.Join(n.root, path))
@@ -552,6 +559,9 @@ func TestUninstall(t *testing.T) {
 			n.write(BinaryPath, "hand-built binary", 0o700)
 			n.write(ConfigPath, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\ndefaultAction: allow\n", 0o640)
 			n.write("/etc/systemd/system/pullgate.service", "[Service]\nExecStart=/usr/local/bin/pullgate serve\n", 0o600)
+			// Owners other than root's come back too.
+			n.chown(ConfigPath, 1234, 5678)
+			n.chown(kubeletPath, 4321, 8765)
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -635,6 +645,39 @@ func TestUninstallKeepsLaterKubeletChanges(t *testing.T) {
 	}
 }
 
+// The manifest is saved before the first change, so an install cut short is undone exactly.
+func TestUninstallAfterInstallCutShort(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, fail, kill string }{
+		{name: "daemon-reload fails", fail: "systemctl daemon-reload"},
+		{name: "killed at pullgate's restart", kill: "systemctl restart pullgate.service"},
+		{name: "killed at kubelet's restart", kill: "systemctl restart kubelet.service -> " + Endpoint},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			n.write(ConfigPath, "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\ndefaultAction: allow\n", 0o640)
+			n.chown(ConfigPath, 1234, 5678)
+			before := n.snapshot()
+			in := n.installer()
+			if tc.kill != "" {
+				n.installKilled(in, tc.kill)
+			} else {
+				n.systemctlErrs = map[string]error{tc.fail: errors.New("exit status 1")}
+				if err := in.Install(t.Context(), n.src); err == nil {
+					t.Fatal("Install succeeded")
+				}
+			}
+			if err := in.Uninstall(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if after := n.snapshot(); !reflect.DeepEqual(before, after) {
+				t.Errorf("uninstall did not restore the node:\nbefore %v\nafter  %v", before, after)
+			}
+		})
+	}
+}
+
 // kubelet pointed at pullgate before the install (by hand), so uninstall has no other endpoint
 // to give it back: it refuses rather than stop the socket kubelet uses.
 func TestUninstallKubeletStillOnPullgate(t *testing.T) {
@@ -713,6 +756,12 @@ func TestInstallRefuses(t *testing.T) {
 			os.Symlink(filepath.Base(kubeletPath)+".real", filepath.Join(n.root, kubeletPath))
 		}, want: "not a regular file"},
 		{name: "backups where pullgate writes", change: func(n *node) { n.write("/var/lib/pullgate/backup/manifest.json", "{}", 0o600) }, want: "mv /var/lib/pullgate/backup " + BackupDir},
+		{name: "installed file is a link", change: func(n *node) {
+			n.write("/etc/pullgate/mine.yaml", "apiVersion: pullgate.io/v1alpha1\nkind: PullgateConfig\n", 0o644)
+			if err := os.Symlink("mine.yaml", filepath.Join(n.root, ConfigPath)); err != nil {
+				t.Fatal(err)
+			}
+		}, want: ConfigPath + ": exists and is not a regular file"},
 		{name: "not a KubeletConfiguration", change: func(n *node) { n.write(kubeletPath, "kind: Pod\n", 0o600) }, want: "not a KubeletConfiguration"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
