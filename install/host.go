@@ -79,7 +79,24 @@ func (h host) writeAtomic(path string, data []byte, mode fs.FileMode, owner *sys
 	if err := fill(f, data, mode, owner); err != nil {
 		return err
 	}
-	return explain(path, h.r.Rename(tmp, rel(path)))
+	if err := h.r.Rename(tmp, rel(path)); err != nil {
+		return explain(path, err)
+	}
+	return h.syncDir(filepath.Dir(rel(path)))
+}
+
+// syncDir makes a rename in dir durable: until the directory is synced, a power loss may bring
+// back the old file, or a manifest that does not list a file already changed.
+func (h host) syncDir(dir string) error {
+	d, err := h.r.Open(dir)
+	if err != nil {
+		return err
+	}
+	if err := d.Sync(); err != nil {
+		d.Close()
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return d.Close()
 }
 
 // fill writes and syncs a new file, with its mode and owner set before anyone can open it by
