@@ -204,6 +204,17 @@ func (f *files) put(path string, data []byte, mode fs.FileMode) (bool, error) {
 	return true, nil
 }
 
+// remove removes a file the manifest already lists, saving the manifest first as put does.
+func (f *files) remove(path string) error {
+	if err := f.save(); err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	if err := f.h.Remove(path); err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	return f.h.syncDir(filepath.Dir(rel(path)))
+}
+
 func (f *files) backup(path string, fi fs.FileInfo) error {
 	o := original{Path: path}
 	if fi != nil {

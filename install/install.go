@@ -7,6 +7,8 @@ package install
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -192,6 +194,13 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 	daemonChanged, err := in.putAll(f, &undo, daemonFiles)
 	if err != nil {
 		return err
+	}
+	if src.Keys != "" {
+		removed, err := in.removeDroppedKeys(f, &undo, keys)
+		if err != nil {
+			return fmt.Errorf("install: %w", err)
+		}
+		daemonChanged = daemonChanged || removed
 	}
 	restart := reload || daemonChanged || earlier.Restart
 	f.m.Pending.Restart = restart
@@ -507,6 +516,33 @@ func notRegular(path string) error {
 	return fmt.Errorf("%s: exists and is not a regular file (a symbolic link is not followed, so that uninstall can put it back); move it away first", path)
 }
 
+// removeDroppedKeys removes the keys the installer put in KeysDir that are no longer among
+// keys, so that a key taken out of --keys stops being trusted. The manifest lists each since it
+// was first installed, so uninstall puts back what was there before pullgate.
+func (in *Installer) removeDroppedKeys(f *files, undo *[]file, keys []key) (bool, error) {
+	removed := false
+	for _, o := range slices.Clone(f.m.Files) {
+		dir, name := filepath.Split(o.Path)
+		if dir != KeysDir+"/" || slices.ContainsFunc(keys, func(k key) bool { return k.name == name }) {
+			continue
+		}
+		data, err := f.h.ReadFile(o.Path)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if err := f.remove(o.Path); err != nil {
+			return false, err
+		}
+		*undo = append(*undo, file{o.Path, data, fileMode(f.h, o.Path)})
+		in.log.Info("removed a key no longer in --keys", "path", o.Path)
+		removed = true
+	}
+	return removed, nil
+}
+
 func unit(name string) []byte {
 	data, err := systemd.Files.ReadFile(name)
 	if err != nil {
@@ -563,13 +599,19 @@ type key struct {
 	data []byte
 }
 
-// readKeys reads the files of dir, following symbolic links as a mounted Secret has them and
-// leaving out its hidden bookkeeping entries.
+// readKeys reads the public keys in dir, leaving out a mounted Secret's hidden bookkeeping
+// entries. Symbolic links are followed only within dir, as a Secret has them: a link to a file
+// elsewhere (a secret of the node) is refused, since installed keys are readable by everyone.
 func readKeys(dir string) ([]key, error) {
 	if dir == "" {
 		return nil, nil
 	}
-	entries, err := os.ReadDir(dir)
+	r, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, fmt.Errorf("install: read keys: %w", err)
+	}
+	defer r.Close()
+	entries, err := fs.ReadDir(r.FS(), ".")
 	if err != nil {
 		return nil, fmt.Errorf("install: read keys: %w", err)
 	}
@@ -578,19 +620,69 @@ func readKeys(dir string) ([]key, error) {
 		if strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
-		p := filepath.Join(dir, e.Name())
-		fi, err := os.Stat(p)
+		data, err := readKey(r, e.Name())
 		if err != nil {
-			return nil, fmt.Errorf("install: read keys: %w", err)
+			return nil, fmt.Errorf("install: key %s: %w", filepath.Join(dir, e.Name()), err)
 		}
-		if !fi.Mode().IsRegular() {
-			continue
+		if data != nil {
+			keys = append(keys, key{e.Name(), data})
 		}
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("install: read keys: %w", err)
-		}
-		keys = append(keys, key{e.Name(), data})
 	}
 	return keys, nil
+}
+
+// readKey returns the content of a key file, or nothing for an entry that is not a file.
+func readKey(r *os.Root, name string) ([]byte, error) {
+	fi, err := r.Stat(name)
+	if err != nil && strings.Contains(err.Error(), "path escapes from parent") {
+		return nil, errors.New("a symbolic link out of the directory (only links within it are followed, as a mounted Secret has them)")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, nil
+	}
+	data, err := r.ReadFile(name)
+	if err != nil {
+		return nil, err
+	}
+	return data, checkKey(data)
+}
+
+// checkKey accepts PEM public keys and certificates only: keys are installed readable by all.
+func checkKey(data []byte) error {
+	rest, n := data, 0
+	for {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		n++
+		if err := checkBlock(b); err != nil {
+			return err
+		}
+	}
+	if n == 0 || len(bytes.TrimSpace(rest)) > 0 {
+		return errors.New("not a PEM public key or certificate")
+	}
+	return nil
+}
+
+func checkBlock(b *pem.Block) error {
+	var err error
+	switch {
+	case strings.Contains(b.Type, "PRIVATE KEY"):
+		return fmt.Errorf("holds a private key (%s): only public keys belong in --keys, since installed keys are readable by everyone on the node; remove it and keep it secret", b.Type)
+	case b.Type == "PUBLIC KEY":
+		_, err = x509.ParsePKIXPublicKey(b.Bytes)
+	case b.Type == "CERTIFICATE":
+		_, err = x509.ParseCertificate(b.Bytes)
+	default:
+		return fmt.Errorf("holds a %s block: only PEM public keys (PUBLIC KEY) and certificates (CERTIFICATE) are installed", b.Type)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", b.Type, err)
+	}
+	return nil
 }

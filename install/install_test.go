@@ -2,10 +2,16 @@ package install
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -47,6 +53,21 @@ authentication:
 
 const kubeletPath = "/etc/kubernetes/kubelet-config.yaml"
 
+// releaseKey and otherKey are PEM public keys, as cosign writes them.
+var releaseKey, otherKey = publicKeyPEM(), publicKeyPEM()
+
+func publicKeyPEM() string {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	if err != nil {
+		panic(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+}
+
 // node is a temporary host root with kubelet's configuration, systemctl and kubelet's health
 // stood in by fakes that record what happened in order.
 type node struct {
@@ -74,7 +95,7 @@ func newNode(t *testing.T) *node {
 	n.src = Sources{Binary: filepath.Join(src, "pullgate"), Config: "../systemd/config.yaml", Keys: filepath.Join(src, "keys")}
 	writeFile(t, n.src.Binary, "binary v1", 0o755)
 	// As a mounted Secret: files are links into a hidden, timestamped directory.
-	writeFile(t, filepath.Join(n.src.Keys, "..2026_11_23", "release.pub"), "PUBLIC KEY", 0o644)
+	writeFile(t, filepath.Join(n.src.Keys, "..2026_11_23", "release.pub"), releaseKey, 0o644)
 	if err := os.Symlink("..2026_11_23", filepath.Join(n.src.Keys, "..data")); err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +290,7 @@ func TestInstall(t *testing.T) {
 		{"/etc/systemd/system/pullgate.service", 0o644, string(unit("pullgate.service"))},
 		{KubeletDrop, 0o644, string(unit("10-pullgate.conf"))},
 		{ConfigPath, 0o644, string(shippedConfig)},
-		{KeysDir + "/release.pub", 0o644, "PUBLIC KEY"},
+		{KeysDir + "/release.pub", 0o644, releaseKey},
 		// Only the endpoint's lines changed; mode kept.
 		{kubeletPath, 0o600, switched},
 	} {
@@ -935,6 +956,114 @@ func TestInstallSymlinks(t *testing.T) {
 			equalEvents(t, "refused install", n.takeEvents(), nil)
 		})
 	}
+}
+
+// Only public keys and certificates are installed, all readable by everyone, and a link is
+// followed only within the keys directory, as a mounted Secret has them.
+func TestInstallRefusesKeys(t *testing.T) {
+	t.Parallel()
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalECPrivateKey(ecKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	private := string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
+	secret := filepath.Join(t.TempDir(), "secret.pub")
+	writeFile(t, secret, otherKey, 0o600)
+	for _, tc := range []struct {
+		name string
+		add  func(dir string) error
+		want string
+	}{
+		{name: "private key", add: func(dir string) error { return os.WriteFile(filepath.Join(dir, "release.key"), []byte(private), 0o600) }, want: "release.key: holds a private key (EC PRIVATE KEY)"},
+		{name: "cosign private key", add: func(dir string) error {
+			return os.WriteFile(filepath.Join(dir, "cosign.key"), pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED SIGSTORE PRIVATE KEY", Bytes: []byte("x")}), 0o600)
+		}, want: "holds a private key"},
+		{name: "public key after a private one", add: func(dir string) error {
+			return os.WriteFile(filepath.Join(dir, "both.pem"), []byte(private+otherKey), 0o600)
+		}, want: "holds a private key"},
+		{name: "not PEM", add: func(dir string) error {
+			return os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("rotate in May\n"), 0o644)
+		}, want: "notes.txt: not a PEM public key"},
+		{name: "link out of the directory", add: func(dir string) error { return os.Symlink(secret, filepath.Join(dir, "node.pub")) }, want: "node.pub: a symbolic link"},
+		{name: "relative link out of the directory", add: func(dir string) error {
+			return os.Symlink("../../../../../../../../.."+secret, filepath.Join(dir, "node.pub"))
+		}, want: "node.pub: a symbolic link"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			if err := tc.add(n.src.Keys); err != nil {
+				t.Fatal(err)
+			}
+			before := n.snapshot()
+			err := n.installer().Install(t.Context(), n.src)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Install = %v, want %q", err, tc.want)
+			}
+			if after := n.snapshot(); !reflect.DeepEqual(before, after) {
+				t.Errorf("a refused install changed files")
+			}
+		})
+	}
+}
+
+// A key taken out of --keys is removed from the node, and uninstall still puts back what was
+// there before pullgate.
+func TestInstallRemovesDroppedKeys(t *testing.T) {
+	t.Parallel()
+	n := newNode(t)
+	n.write(KeysDir+"/old.pub", otherKey, 0o640)
+	n.chown(KeysDir+"/old.pub", 1234, 5678)
+	before := n.snapshot()
+	writeFile(t, filepath.Join(n.src.Keys, "old.pub"), otherKey+"\n", 0o644)
+	writeFile(t, filepath.Join(n.src.Keys, "ca.crt"), certificatePEM(t), 0o644)
+	in := n.installer()
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(n.root, KeysDir, "ca.crt")); err != nil {
+		t.Errorf("certificate not installed: %v", err)
+	}
+	n.takeEvents()
+	for _, k := range []string{"old.pub", "ca.crt"} {
+		if err := os.Remove(filepath.Join(n.src.Keys, k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"old.pub", "ca.crt"} {
+		if _, err := os.Lstat(filepath.Join(n.root, KeysDir, k)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s still installed: %v", k, err)
+		}
+	}
+	// pullgate stops trusting them now.
+	equalEvents(t, "keys dropped", n.takeEvents()[2:3], []string{"systemctl restart pullgate.service"})
+	if err := in.Uninstall(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if after := n.snapshot(); !reflect.DeepEqual(before, after) {
+		t.Errorf("uninstall did not restore the node:\nbefore %v\nafter  %v", before, after)
+	}
+}
+
+func certificatePEM(t *testing.T) string {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }
 
 func TestSetFields(t *testing.T) {
