@@ -75,7 +75,8 @@ func WithProbe(probe func(ctx context.Context, socket string) error) Option {
 	return func(in *Installer) { in.probe = probe }
 }
 
-// WithKubeletHealth replaces the check of kubelet's health (HTTPHealth(DefaultKubeletHealthz)).
+// WithKubeletHealth replaces the check of kubelet's health
+// (HTTPHealth(DefaultKubeletHealthz, DefaultSettle)).
 func WithKubeletHealth(check func(context.Context) error) Option {
 	return func(in *Installer) { in.kubeletHealthy = check }
 }
@@ -107,7 +108,7 @@ func New(root string, systemctl Systemctl, opts ...Option) *Installer {
 		root:           root,
 		systemctl:      systemctl,
 		probe:          CRIProbe,
-		kubeletHealthy: HTTPHealth(DefaultKubeletHealthz),
+		kubeletHealthy: HTTPHealth(DefaultKubeletHealthz, DefaultSettle),
 		kubeletConfig:  DefaultKubeletConfig,
 		probeTimeout:   60 * time.Second,
 		kubeletTimeout: 120 * time.Second,

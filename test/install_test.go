@@ -81,7 +81,7 @@ func TestInstallCommand(t *testing.T) {
 				}
 				return nil
 			}
-			common := []string{"--host-root", root, "--systemctl", systemctl, "--kubelet-healthz", kubelet.URL}
+			common := []string{"--host-root", root, "--systemctl", systemctl, "--kubelet-healthz", kubelet.URL, "--kubelet-settle", "500ms"}
 			err := run(append([]string{"install", "--config", config, "--probe-timeout", "3s"}, common...)...)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {

@@ -16,7 +16,7 @@ import (
 // installFlags are shared by install and uninstall.
 type installFlags struct {
 	hostRoot, systemctl, healthz, kubeletConfig string
-	kubeletTimeout                              time.Duration
+	kubeletTimeout, kubeletSettle               time.Duration
 }
 
 func (f *installFlags) register(fs *flag.FlagSet) {
@@ -25,6 +25,7 @@ func (f *installFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.healthz, "kubelet-healthz", install.DefaultKubeletHealthz, "kubelet's health endpoint")
 	fs.StringVar(&f.kubeletConfig, "kubelet-config", install.DefaultKubeletConfig, "kubelet's KubeletConfiguration file on the host")
 	fs.DurationVar(&f.kubeletTimeout, "kubelet-timeout", 2*time.Minute, "how long kubelet may take to be healthy after a restart")
+	fs.DurationVar(&f.kubeletSettle, "kubelet-settle", install.DefaultSettle, "how long kubelet's healthz must answer 200 without a break to count as healthy")
 }
 
 func (f *installFlags) installer(opts ...install.Option) *install.Installer {
@@ -35,7 +36,7 @@ func (f *installFlags) installer(opts ...install.Option) *install.Installer {
 	if f.systemctl != "" {
 		systemctl = install.Command(strings.Fields(f.systemctl))
 	}
-	opts = append(opts, install.WithKubeletConfig(f.kubeletConfig), install.WithKubeletHealth(install.HTTPHealth(f.healthz)), install.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
+	opts = append(opts, install.WithKubeletConfig(f.kubeletConfig), install.WithKubeletHealth(install.HTTPHealth(f.healthz, f.kubeletSettle)), install.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
 	return install.New(f.hostRoot, systemctl, opts...)
 }
 
