@@ -61,6 +61,7 @@ type Installer struct {
 	probe          func(ctx context.Context, socket string) error
 	kubeletHealthy func(context.Context) error
 	kubeletConfig  string
+	proc           string
 	runtimeService bool
 	probeTimeout   time.Duration
 	kubeletTimeout time.Duration
@@ -84,6 +85,12 @@ func WithKubeletHealth(check func(context.Context) error) Option {
 // WithKubeletConfig names kubelet's KubeletConfiguration file on the host (DefaultKubeletConfig).
 func WithKubeletConfig(path string) Option {
 	return func(in *Installer) { in.kubeletConfig = path }
+}
+
+// WithProc names the proc file system in which to find the running kubelet ("/proc"; from a
+// pod with hostPID, that is the host's).
+func WithProc(dir string) Option {
+	return func(in *Installer) { in.proc = dir }
 }
 
 // WithRuntimeService points kubelet's containerRuntimeEndpoint at pullgate too.
@@ -110,6 +117,7 @@ func New(root string, systemctl Systemctl, opts ...Option) *Installer {
 		probe:          CRIProbe,
 		kubeletHealthy: HTTPHealth(DefaultKubeletHealthz, DefaultSettle),
 		kubeletConfig:  DefaultKubeletConfig,
+		proc:           "/proc",
 		probeTimeout:   60 * time.Second,
 		kubeletTimeout: 120 * time.Second,
 		log:            slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -159,6 +167,9 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 	kubeletAfter, err := setFields(kubeletBefore, in.endpoints())
 	if err != nil {
 		return fmt.Errorf("install: kubelet configuration %s: %w", in.kubeletConfig, err)
+	}
+	if err := in.checkRunningKubelet(h); err != nil {
+		return fmt.Errorf("install: %w", err)
 	}
 
 	units := []file{

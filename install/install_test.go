@@ -73,6 +73,7 @@ func publicKeyPEM() string {
 type node struct {
 	t      *testing.T
 	root   string
+	proc   string // the host's /proc, with the kubelets of runKubelet
 	src    Sources
 	mu     sync.Mutex
 	events []string
@@ -88,7 +89,7 @@ type node struct {
 
 func newNode(t *testing.T) *node {
 	t.Helper()
-	n := &node{t: t, root: t.TempDir()}
+	n := &node{t: t, root: t.TempDir(), proc: t.TempDir()}
 	n.write(kubeletPath, kubeletConfig, 0o600)
 	n.write("/etc/systemd/system/containerd.service", "[Service]\n", 0o644)
 	src := t.TempDir()
@@ -121,6 +122,12 @@ func writeFile(t *testing.T, path, data string, mode fs.FileMode) {
 	if err := os.Chmod(path, mode); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// runProcess shows a process with this command line in the node's /proc.
+func (n *node) runProcess(pid int, args ...string) {
+	n.t.Helper()
+	writeFile(n.t, filepath.Join(n.proc, fmt.Sprint(pid), "cmdline"), strings.Join(args, "\x00")+"\x00", 0o444)
 }
 
 func (n *node) chown(path string, uid, gid int) {
@@ -193,7 +200,7 @@ func pop(errs *[]error) error {
 }
 
 func (n *node) installer(opts ...Option) *Installer {
-	return New(n.root, n, append([]Option{WithProbe(n.probe), WithKubeletHealth(n.health), WithKubeletConfig(kubeletPath)}, opts...)...)
+	return New(n.root, n, append([]Option{WithProbe(n.probe), WithKubeletHealth(n.health), WithKubeletConfig(kubeletPath), WithProc(n.proc)}, opts...)...)
 }
 
 // installKilled runs Install until it is killed at systemctl command e: nothing of the
@@ -1064,6 +1071,62 @@ func certificatePEM(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+// A running kubelet whose flags or drop-ins set its endpoints would go around pullgate whatever
+// its configuration file says: refused before anything changes.
+func TestInstallChecksRunningKubelet(t *testing.T) {
+	t.Parallel()
+	const containerd = "unix:///run/containerd/containerd.sock"
+	kubelet := []string{"/usr/bin/kubelet", "--config=" + kubeletPath, "--kubeconfig=/etc/kubernetes/kubelet.conf"}
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		dropIn  string // in /etc/kubernetes/kubelet.conf.d/20-x.conf
+		runtime bool
+		want    string // refusal; none to install
+	}{
+		{name: "no flags", args: kubelet},
+		{name: "image endpoint flag", args: append(kubelet, "--image-service-endpoint="+containerd), want: "kubelet runs with --image-service-endpoint=" + containerd},
+		{name: "image endpoint flag, two words", args: append(kubelet, "--image-service-endpoint", containerd), want: "--image-service-endpoint=" + containerd},
+		{name: "image endpoint flag to pullgate", args: append(kubelet, "--image-service-endpoint=/run/pullgate/pullgate.sock")},
+		{name: "runtime endpoint flag (kubeadm before 1.27)", args: append(kubelet, "--container-runtime-endpoint="+containerd)},
+		{name: "runtime endpoint flag with --runtime-service", runtime: true, args: append(kubelet, "--container-runtime-endpoint="+containerd), want: "--container-runtime-endpoint=" + containerd},
+		{name: "another configuration file", args: []string{"kubelet", "--config", "/var/lib/kubelet/config.yaml"}, want: "pass --kubelet-config /var/lib/kubelet/config.yaml"},
+		{name: "drop-in", args: append(kubelet, "--config-dir=/etc/kubernetes/kubelet.conf.d"), dropIn: "imageServiceEndpoint: " + containerd + "\n", want: "kubelet's drop-in /etc/kubernetes/kubelet.conf.d/20-x.conf sets imageServiceEndpoint"},
+		{name: "drop-in of other fields", args: append(kubelet, "--config-dir=/etc/kubernetes/kubelet.conf.d"), dropIn: "maxPods: 200\n"},
+		{name: "not kubelet", args: []string{"/usr/bin/kubelet-helper", "--image-service-endpoint=" + containerd}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			n.runProcess(1, "/sbin/init")
+			n.runProcess(4242, tc.args...)
+			if tc.dropIn != "" {
+				n.write("/etc/kubernetes/kubelet.conf.d/20-x.conf", "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"+tc.dropIn, 0o644)
+				n.write("/etc/kubernetes/kubelet.conf.d/README", "imageServiceEndpoint: not read by kubelet\n", 0o644)
+			}
+			var opts []Option
+			if tc.runtime {
+				opts = append(opts, WithRuntimeService())
+			}
+			before := n.snapshot()
+			err := n.installer(opts...).Install(t.Context(), n.src)
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Install = %v, want %q", err, tc.want)
+			}
+			if after := n.snapshot(); !reflect.DeepEqual(before, after) {
+				t.Errorf("a refused install changed files")
+			}
+			equalEvents(t, "refused install", n.takeEvents(), nil)
+		})
+	}
 }
 
 func TestSetFields(t *testing.T) {

@@ -50,6 +50,7 @@ func installCmd(args []string) error {
 	fs.StringVar(&src.Keys, "keys", "", "directory whose files are installed in "+install.KeysDir)
 	runtimeService := fs.Bool("runtime-service", false, "point kubelet's containerRuntimeEndpoint at pullgate too")
 	probeTimeout := fs.Duration("probe-timeout", time.Minute, "how long pullgate may take to answer on its socket")
+	proc := fs.String("proc", "/proc", "where to find the running kubelet, whose flags are checked (with hostPID, the host's)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
@@ -60,7 +61,7 @@ func installCmd(args []string) error {
 		}
 		src.Binary = exe
 	}
-	opts := []install.Option{install.WithTimeouts(*probeTimeout, f.kubeletTimeout)}
+	opts := []install.Option{install.WithTimeouts(*probeTimeout, f.kubeletTimeout), install.WithProc(*proc)}
 	if *runtimeService {
 		opts = append(opts, install.WithRuntimeService())
 	}
