@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -24,7 +25,13 @@ type manifest struct {
 	// so that a run cut short (a systemctl error, the pod killed) is finished by the next one
 	// rather than taken for done because the files are already in place.
 	Pending pending `json:"pending,omitzero"`
+	// Previous records, for each of pullgate's files changed since pullgate last answered,
+	// what it was then (backups named previousPrefix+...), so that an upgrade that does not
+	// answer is rolled back even by a run that resumes one cut short.
+	Previous []original `json:"previous,omitempty"`
 }
+
+const previousPrefix = "previous_"
 
 type pending struct {
 	DaemonReload bool `json:"daemonReload,omitempty"`
@@ -99,14 +106,10 @@ func (m *manifest) check(kubelet string) error {
 	}
 	var problems []error
 	for _, o := range m.Files {
-		switch {
-		case !ownPath(o.Path, kubelet):
-			problems = append(problems, fmt.Errorf("path %q is not one the installer writes", o.Path))
-		case o.Existed && o.Backup != backupName(o.Path), !o.Existed && o.Backup != "":
-			problems = append(problems, fmt.Errorf("backup %q of %s is not the installer's", o.Backup, o.Path))
-		case o.Mode&^fs.ModePerm != 0 || o.UID < 0 || o.GID < 0:
-			problems = append(problems, fmt.Errorf("mode %v or owner %d:%d of %s", o.Mode, o.UID, o.GID, o.Path))
-		}
+		problems = append(problems, o.check(kubelet, ""))
+	}
+	for _, o := range m.Previous {
+		problems = append(problems, o.check(kubelet, previousPrefix))
 	}
 	for _, d := range m.Dirs {
 		if !ownDir(d, kubelet) {
@@ -114,6 +117,19 @@ func (m *manifest) check(kubelet string) error {
 		}
 	}
 	return errors.Join(problems...)
+}
+
+// check accepts a record of a path the installer writes whose backup is named after it.
+func (o original) check(kubelet, prefix string) error {
+	switch {
+	case !ownPath(o.Path, kubelet):
+		return fmt.Errorf("path %q is not one the installer writes", o.Path)
+	case o.Existed && o.Backup != prefix+backupName(o.Path), !o.Existed && o.Backup != "":
+		return fmt.Errorf("backup %q of %s is not the installer's", o.Backup, o.Path)
+	case o.Mode&^fs.ModePerm != 0 || o.UID < 0 || o.GID < 0:
+		return fmt.Errorf("mode %v or owner %d:%d of %s", o.Mode, o.UID, o.GID, o.Path)
+	}
+	return nil
 }
 
 // ownPath reports whether the installer writes path: one of its files, a key, or kubelet's
@@ -169,9 +185,10 @@ func (f *files) save() error {
 }
 
 // put makes path hold data with mode, and reports whether anything changed. Before the first
-// change of a path, what was there is backed up and recorded. The manifest is saved before the
-// file changes, so that an install cut short can still be undone.
-func (f *files) put(path string, data []byte, mode fs.FileMode) (bool, error) {
+// change of a path, what was there is backed up and recorded, and with previous, also what it
+// was when pullgate last answered. The manifest is saved before the file changes, so that an
+// install cut short can still be undone.
+func (f *files) put(path string, data []byte, mode fs.FileMode, previous bool) (bool, error) {
 	fi, err := f.h.Lstat(path)
 	switch {
 	case err == nil:
@@ -185,6 +202,11 @@ func (f *files) put(path string, data []byte, mode fs.FileMode) (bool, error) {
 	}
 	if _, ok := f.m.find(path); !ok {
 		if err := f.backup(path, fi); err != nil {
+			return false, err
+		}
+	}
+	if previous {
+		if err := f.remember(path, fi); err != nil {
 			return false, err
 		}
 	}
@@ -204,8 +226,16 @@ func (f *files) put(path string, data []byte, mode fs.FileMode) (bool, error) {
 	return true, nil
 }
 
-// remove removes a file the manifest already lists, saving the manifest first as put does.
+// remove removes a file the manifest already lists, recording it and saving the manifest
+// first as put does.
 func (f *files) remove(path string) error {
+	fi, err := f.h.Lstat(path)
+	if err != nil {
+		return err
+	}
+	if err := f.remember(path, fi); err != nil {
+		return err
+	}
 	if err := f.save(); err != nil {
 		return fmt.Errorf("remove %s: %w", path, err)
 	}
@@ -216,29 +246,76 @@ func (f *files) remove(path string) error {
 }
 
 func (f *files) backup(path string, fi fs.FileInfo) error {
+	o, err := f.keep(path, fi, "")
+	if err != nil {
+		return err
+	}
+	f.m.Files = append(f.m.Files, o)
+	return nil
+}
+
+// remember records what path is before its first change since pullgate last answered.
+func (f *files) remember(path string, fi fs.FileInfo) error {
+	if slices.ContainsFunc(f.m.Previous, func(o original) bool { return o.Path == path }) {
+		return nil
+	}
+	o, err := f.keep(path, fi, previousPrefix)
+	if err != nil {
+		return err
+	}
+	f.m.Previous = append(f.m.Previous, o)
+	return nil
+}
+
+// settled forgets the previous versions once pullgate answers with the files in place (or with
+// those put back), and what was pending for it.
+func (f *files) settled() error {
+	prev := f.m.Previous
+	f.m.Previous = nil
+	if err := f.done(func(p *pending) { p.DaemonReload, p.Restart = false, false }); err != nil {
+		return err
+	}
+	return f.removeBackups(prev)
+}
+
+// removeBackups removes the backup files of records the manifest no longer lists.
+func (f *files) removeBackups(list []original) error {
+	for _, o := range list {
+		if o.Backup == "" {
+			continue
+		}
+		if err := f.h.Remove(filepath.Join(BackupDir, o.Backup)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+// keep copies what is at path (described by fi, nil if nothing) into BackupDir, its name
+// prefixed, and returns the record of it.
+func (f *files) keep(path string, fi fs.FileInfo, prefix string) (original, error) {
 	o := original{Path: path}
 	if fi != nil {
 		if !fi.Mode().IsRegular() {
-			return fmt.Errorf("install %w", notRegular(path))
+			return original{}, fmt.Errorf("install %w", notRegular(path))
 		}
 		data, err := f.h.ReadFile(path)
 		if err != nil {
-			return fmt.Errorf("back up %s: %w", path, err)
+			return original{}, fmt.Errorf("back up %s: %w", path, err)
 		}
 		o.Existed, o.Mode = true, fi.Mode().Perm()
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			o.UID, o.GID = int(st.Uid), int(st.Gid)
 		}
-		o.Backup = backupName(path)
+		o.Backup = prefix + backupName(path)
 		if err := f.mkdirBackup(); err != nil {
-			return err
+			return original{}, err
 		}
 		if err := f.h.writeAtomic(filepath.Join(BackupDir, o.Backup), data, 0o600, nil); err != nil {
-			return fmt.Errorf("back up %s: %w", path, err)
+			return original{}, fmt.Errorf("back up %s: %w", path, err)
 		}
 	}
-	f.m.Files = append(f.m.Files, o)
-	return nil
+	return o, nil
 }
 
 // restore puts back what was at o.Path before pullgate.

@@ -194,21 +194,20 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 	}
 	f.m.KubeletConfig = in.kubeletConfig
 	earlier := f.m.Pending
-	var undo []file
 	// Marked pending before the first write (put saves the manifest first), cleared once done.
 	f.m.Pending.DaemonReload, f.m.Pending.Restart = true, true
-	unitsChanged, err := in.putAll(f, &undo, units)
+	unitsChanged, err := in.putAll(f, units)
 	if err != nil {
 		return err
 	}
 	reload := unitsChanged || earlier.DaemonReload
 	f.m.Pending.DaemonReload = reload
-	daemonChanged, err := in.putAll(f, &undo, daemonFiles)
+	daemonChanged, err := in.putAll(f, daemonFiles)
 	if err != nil {
 		return err
 	}
 	if src.Keys != "" {
-		removed, err := in.removeDroppedKeys(f, &undo, keys)
+		removed, err := in.removeDroppedKeys(f, keys)
 		if err != nil {
 			return fmt.Errorf("install: %w", err)
 		}
@@ -242,17 +241,17 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 			return fmt.Errorf("install: %w; kubelet left as it was; see journalctl -u pullgate", err)
 		}
 		// kubelet already uses pullgate: an upgrade that does not answer is rolled back.
-		if rerr := in.rollback(ctx, f, undo, reload); rerr != nil {
+		if rerr := in.rollback(ctx, f, reload); rerr != nil {
 			return fmt.Errorf("install: %w; putting back the previous files: %w; kubelet uses pullgate: see journalctl -u pullgate now", err, rerr)
 		}
-		if serr := f.done(func(p *pending) { p.DaemonReload, p.Restart = false, false }); serr != nil {
+		if serr := f.settled(); serr != nil {
 			return fmt.Errorf("install: %w; put back the previous files, and pullgate answers again, but %w", err, serr)
 		}
 		return fmt.Errorf("install: %w; put back the previous files, and pullgate answers again; see journalctl -u pullgate", err)
 	}
 	in.log.Info("pullgate answers", "socket", Socket)
 	if restart {
-		if err := f.done(func(p *pending) { p.DaemonReload, p.Restart = false, false }); err != nil {
+		if err := f.settled(); err != nil {
 			return fmt.Errorf("install: %w", err)
 		}
 	}
@@ -272,7 +271,7 @@ func (in *Installer) switchKubelet(ctx context.Context, f *files, before, after 
 	resumed := bytes.Equal(before, after)
 	f.m.Pending.Kubelet = true
 	if !resumed {
-		if _, err := f.put(in.kubeletConfig, after, mode); err != nil {
+		if _, err := f.put(in.kubeletConfig, after, mode, false); err != nil {
 			return err
 		}
 	}
@@ -299,7 +298,7 @@ func (in *Installer) switchKubelet(ctx context.Context, f *files, before, after 
 // or for a switch resumed from an earlier run, the endpoints from before the first install.
 func (in *Installer) unswitchKubelet(f *files, before []byte, mode fs.FileMode, resumed bool) error {
 	if !resumed {
-		_, err := f.put(in.kubeletConfig, before, mode)
+		_, err := f.put(in.kubeletConfig, before, mode, false)
 		return err
 	}
 	o, ok := f.m.find(in.kubeletConfig)
@@ -358,12 +357,8 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 	if err := in.systemctl.Run(ctx, "daemon-reload"); err != nil {
 		return fmt.Errorf("uninstall: %w", err)
 	}
-	for _, o := range f.m.Files {
-		if o.Backup != "" {
-			if err := f.h.Remove(filepath.Join(BackupDir, o.Backup)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("uninstall: %w", err)
-			}
-		}
+	if err := f.removeBackups(slices.Concat(f.m.Files, f.m.Previous)); err != nil {
+		return fmt.Errorf("uninstall: %w", err)
 	}
 	if err := f.h.Remove(manifestPath); err != nil {
 		return fmt.Errorf("uninstall: %w", err)
@@ -447,20 +442,15 @@ func (in *Installer) probeSocket(ctx context.Context) error {
 	return nil
 }
 
-// rollback puts back the files as they were before this install, restarts pullgate and probes it.
-func (in *Installer) rollback(ctx context.Context, f *files, undo []file, unitsChanged bool) error {
-	for _, u := range slices.Backward(undo) {
-		if u.data == nil {
-			if err := f.h.Remove(u.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
-			continue
-		}
-		if _, err := f.put(u.path, u.data, u.mode); err != nil {
+// rollback puts back the files as they were when pullgate last answered (before this run, or
+// the earlier one it resumes), restarts pullgate and probes it.
+func (in *Installer) rollback(ctx context.Context, f *files, reload bool) error {
+	for _, o := range slices.Backward(f.m.Previous) {
+		if _, err := f.restore(o); err != nil {
 			return err
 		}
 	}
-	if unitsChanged {
+	if reload {
 		if err := in.systemctl.Run(ctx, "daemon-reload"); err != nil {
 			return err
 		}
@@ -486,21 +476,16 @@ type file struct {
 	mode fs.FileMode
 }
 
-// putAll puts every file in place and appends to undo what each changed file was before (no
-// data for a file that did not exist).
-func (in *Installer) putAll(f *files, undo *[]file, list []file) (bool, error) {
+// putAll puts every file of pullgate's in place, keeping what each was when pullgate last
+// answered for a rollback.
+func (in *Installer) putAll(f *files, list []file) (bool, error) {
 	changed := false
 	for _, fl := range list {
-		prev := file{path: fl.path}
-		if data, err := f.h.ReadFile(fl.path); err == nil {
-			prev.data, prev.mode = data, fileMode(f.h, fl.path)
-		}
-		c, err := f.put(fl.path, fl.data, fl.mode)
+		c, err := f.put(fl.path, fl.data, fl.mode, true)
 		if err != nil {
 			return false, err
 		}
 		if c {
-			*undo = append(*undo, prev)
 			in.log.Info("installed", "path", fl.path)
 		}
 		changed = changed || c
@@ -531,14 +516,14 @@ func notRegular(path string) error {
 // removeDroppedKeys removes the keys the installer put in KeysDir that are no longer among
 // keys, so that a key taken out of --keys stops being trusted. The manifest lists each since it
 // was first installed, so uninstall puts back what was there before pullgate.
-func (in *Installer) removeDroppedKeys(f *files, undo *[]file, keys []key) (bool, error) {
+func (in *Installer) removeDroppedKeys(f *files, keys []key) (bool, error) {
 	removed := false
 	for _, o := range slices.Clone(f.m.Files) {
 		dir, name := filepath.Split(o.Path)
 		if dir != KeysDir+"/" || slices.ContainsFunc(keys, func(k key) bool { return k.name == name }) {
 			continue
 		}
-		data, err := f.h.ReadFile(o.Path)
+		_, err := f.h.Lstat(o.Path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -548,7 +533,6 @@ func (in *Installer) removeDroppedKeys(f *files, undo *[]file, keys []key) (bool
 		if err := f.remove(o.Path); err != nil {
 			return false, err
 		}
-		*undo = append(*undo, file{o.Path, data, fileMode(f.h, o.Path)})
 		in.log.Info("removed a key no longer in --keys", "path", o.Path)
 		removed = true
 	}

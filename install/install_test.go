@@ -462,6 +462,7 @@ func TestInstallResumes(t *testing.T) {
 		name    string
 		upgrade bool   // installed once before, then v2
 		kill    string // where the first run ends
+		probe   []error
 		health  []error
 		want    []string // the re-run
 		kubelet string   // kubelet's endpoint after the re-run
@@ -481,6 +482,17 @@ func TestInstallResumes(t *testing.T) {
 			"systemctl restart pullgate.service",
 			"probe, kubelet on unix:///run/pullgate/pullgate.sock",
 		}, kubelet: Endpoint},
+		// The resumed upgrade does not answer: the files are put back as they were when
+		// pullgate last answered, before the run that was cut short.
+		{name: "upgrade before the restart, then no answer", upgrade: true, kill: "systemctl restart pullgate.service",
+			probe: []error{errors.New("Unavailable")}, want: []string{
+				"systemctl enable pullgate.socket pullgate.service",
+				"systemctl start pullgate.socket",
+				"systemctl restart pullgate.service",
+				"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+				"systemctl restart pullgate.service",
+				"probe, kubelet on unix:///run/pullgate/pullgate.sock",
+			}, kubelet: Endpoint},
 		{name: "before kubelet's restart", kill: "systemctl restart kubelet.service -> unix:///run/pullgate/pullgate.sock", want: append(slices.Clone(installed),
 			"systemctl restart kubelet.service -> unix:///run/pullgate/pullgate.sock",
 			"healthz",
@@ -505,16 +517,22 @@ func TestInstallResumes(t *testing.T) {
 			}
 			n.installKilled(in, tc.kill)
 			n.takeEvents()
-			n.healthErrs = tc.health
+			n.probeErrs, n.healthErrs = tc.probe, tc.health
 			err := in.Install(t.Context(), n.src)
-			if (err != nil) != (tc.health != nil) {
+			failed := tc.probe != nil || tc.health != nil
+			if (err != nil) != failed {
 				t.Fatalf("re-run: Install = %v", err)
 			}
 			equalEvents(t, "re-run", n.takeEvents(), tc.want)
 			if got := n.kubeletEndpoint(); got != tc.kubelet {
 				t.Errorf("kubelet on %s, want %s", got, tc.kubelet)
 			}
-			if tc.health != nil {
+			if tc.probe != nil {
+				if got := n.read(BinaryPath); got != "binary v1" {
+					t.Errorf("binary after a resumed upgrade that did not answer = %q, want v1 back", got)
+				}
+			}
+			if failed {
 				return
 			}
 			// Seen through: the next run has nothing left to do.
@@ -860,6 +878,9 @@ func TestManifestRefused(t *testing.T) {
 		{name: "backup of another file", change: func(m *manifest) {
 			m.Files = append(m.Files, original{Path: BinaryPath, Existed: true, Mode: 0o755, Backup: backupName(kubeletPath)})
 		}, want: "is not the installer's"},
+		{name: "previous version elsewhere", change: func(m *manifest) {
+			m.Previous = append(m.Previous, original{Path: BinaryPath, Existed: true, Mode: 0o755, Backup: "../../../etc/shadow"})
+		}, want: `backup "../../../etc/shadow"`},
 		{name: "setuid", change: func(m *manifest) {
 			m.Files = append(m.Files, original{Path: BinaryPath, Existed: true, Mode: 0o755 | fs.ModeSetuid, Backup: backupName(BinaryPath)})
 		}, want: "mode"},
