@@ -379,16 +379,13 @@ func (in *Installer) Uninstall(ctx context.Context) error {
 func (in *Installer) kubeletLeftPullgate(f *files) error {
 	path := in.kubeletConfig
 	data, err := f.h.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("read kubelet configuration: %w", err)
 	}
 	if keys := pullgateFields(data); len(keys) > 0 {
 		return fmt.Errorf("kubelet configuration %s still points %s at pullgate, as it did before the install, so there is no earlier value to put back; pullgate left running: set %s to containerd's socket (unix:///run/containerd/containerd.sock), restart kubelet, then run pullgate uninstall again", path, strings.Join(keys, " and "), strings.Join(keys, " and "))
 	}
-	return nil
+	return in.flagsLeftPullgate(f.h)
 }
 
 // revertKubelet points kubelet's configuration back at what it used before pullgate.
@@ -423,8 +420,6 @@ func (in *Installer) revertKubelet(f *files, o original) (bool, error) {
 	return true, f.h.writeAtomic(o.Path, data, fi.Mode().Perm(), owner)
 }
 
-func (in *Installer) host(path string) string { return filepath.Join(in.root, path) }
-
 func (in *Installer) endpoints() []field {
 	fs := []field{{key: endpointKeys[0], value: Endpoint}}
 	if in.runtimeService {
@@ -436,7 +431,7 @@ func (in *Installer) endpoints() []field {
 func (in *Installer) probeSocket(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, in.probeTimeout)
 	defer cancel()
-	if err := in.probe(ctx, in.host(Socket)); err != nil {
+	if err := in.probe(ctx, filepath.Join(in.root, Socket)); err != nil {
 		return fmt.Errorf("pullgate does not answer on %s within %s: %w", Socket, in.probeTimeout, err)
 	}
 	return nil

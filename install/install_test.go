@@ -738,21 +738,53 @@ func TestUninstallKubeletStillOnPullgate(t *testing.T) {
 			t.Parallel()
 			n := newNode(t)
 			n.write(kubeletPath, strings.Replace(kubeletConfig, "imageServiceEndpoint:\n  unix:///run/containerd/containerd.sock", "imageServiceEndpoint: "+tc.endpoint, 1), 0o600)
-			in := n.installer()
-			if err := in.Install(t.Context(), n.src); err != nil {
-				t.Fatal(err)
-			}
-			n.takeEvents()
-			err := in.Uninstall(t.Context())
-			if err == nil || !strings.Contains(err.Error(), "still points imageServiceEndpoint at pullgate") {
-				t.Fatalf("Uninstall = %v, want a refusal", err)
-			}
-			for _, e := range n.takeEvents() {
-				if strings.Contains(e, "pullgate.service") {
-					t.Errorf("pullgate stopped: %s", e)
-				}
-			}
+			uninstallRefused(t, n, "still points imageServiceEndpoint at pullgate")
 		})
+	}
+}
+
+// The same for a kubelet pointed at pullgate by its flags or drop-ins, which install never
+// writes.
+func TestUninstallKubeletFlagsOnPullgate(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, dropIn, want string
+		args               []string
+	}{
+		{name: "flag", args: []string{"--image-service-endpoint=/var/run/pullgate/pullgate.sock"}, want: "its flag --image-service-endpoint=/var/run/pullgate/pullgate.sock"},
+		{name: "runtime flag", args: []string{"--container-runtime-endpoint", Endpoint}, want: "its flag --container-runtime-endpoint=" + Endpoint},
+		{name: "drop-in", args: []string{"--config-dir=/etc/kubernetes/kubelet.conf.d"}, dropIn: "imageServiceEndpoint: " + Endpoint + "\n",
+			want: "imageServiceEndpoint in its drop-in /etc/kubernetes/kubelet.conf.d/50-pullgate.conf"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			n.runProcess(77, append([]string{"/usr/bin/kubelet", "--config=" + kubeletPath}, tc.args...)...)
+			if tc.dropIn != "" {
+				n.write("/etc/kubernetes/kubelet.conf.d/50-pullgate.conf", "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"+tc.dropIn, 0o644)
+			}
+			uninstallRefused(t, n, tc.want)
+		})
+	}
+}
+
+// uninstallRefused installs, then checks that uninstall refuses with want and leaves pullgate
+// running.
+func uninstallRefused(t *testing.T, n *node, want string) {
+	t.Helper()
+	in := n.installer()
+	if err := in.Install(t.Context(), n.src); err != nil {
+		t.Fatal(err)
+	}
+	n.takeEvents()
+	err := in.Uninstall(t.Context())
+	if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "pullgate left running") {
+		t.Fatalf("Uninstall = %v, want a refusal naming %q", err, want)
+	}
+	for _, e := range n.takeEvents() {
+		if strings.Contains(e, "pullgate.service") {
+			t.Errorf("pullgate stopped: %s", e)
+		}
 	}
 }
 

@@ -54,16 +54,71 @@ func (in *Installer) checkKubelet(h host, args []string) []error {
 	return problems
 }
 
-// checkDropIns refuses drop-ins of kubelet's --config-dir (its *.conf files, which override
-// the configuration file) that set an endpoint elsewhere.
+// checkDropIns refuses drop-ins of kubelet's --config-dir that set an endpoint elsewhere.
 func (in *Installer) checkDropIns(h host, dir string) []error {
+	dropIns, problems := readDropIns(h, dir)
+	for _, d := range dropIns {
+		for _, f := range in.endpoints() {
+			if v, ok := d.fields[f.key]; ok && !isPullgate(v) {
+				problems = append(problems, fmt.Errorf("kubelet's drop-in %s sets %s: %v, which overrides its configuration file: remove it there or set it to %s, then run pullgate install again", d.path, f.key, v, Endpoint))
+			}
+		}
+	}
+	return problems
+}
+
+// flagsLeftPullgate refuses while the running kubelet is pointed at pullgate by a flag or a
+// --config-dir drop-in: the installer never writes those, so it cannot set them back.
+func (in *Installer) flagsLeftPullgate(h host) error {
+	kubelets, err := runningKubelets(in.proc)
+	if err != nil {
+		return fmt.Errorf("look for kubelet in %s: %w", in.proc, err)
+	}
+	var found []string
+	for _, args := range kubelets {
+		for _, k := range endpointKeys {
+			if v, ok := flagValue(args, endpointFlags[k]); ok && isPullgate(v) {
+				found = append(found, fmt.Sprintf("its flag --%s=%s", endpointFlags[k], v))
+			}
+		}
+		dir, ok := flagValue(args, "config-dir")
+		if !ok {
+			continue
+		}
+		dropIns, problems := readDropIns(h, dir)
+		if len(problems) > 0 {
+			return errors.Join(problems...)
+		}
+		for _, d := range dropIns {
+			for _, k := range endpointKeys {
+				if isPullgate(d.fields[k]) {
+					found = append(found, fmt.Sprintf("%s in its drop-in %s", k, d.path))
+				}
+			}
+		}
+	}
+	if len(found) > 0 {
+		return fmt.Errorf("kubelet still uses pullgate through %s, which the installer did not set and cannot set back; pullgate left running: point it at containerd's socket (unix:///run/containerd/containerd.sock), restart kubelet, then run pullgate uninstall again", strings.Join(found, " and "))
+	}
+	return nil
+}
+
+type dropIn struct {
+	path   string
+	fields map[string]any
+}
+
+// readDropIns reads the drop-ins of kubelet's --config-dir: its *.conf files, which override
+// its configuration file.
+func readDropIns(h host, dir string) ([]dropIn, []error) {
 	entries, err := fs.ReadDir(h.r.FS(), rel(dir))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+		return nil, nil
 	}
 	if err != nil {
-		return []error{fmt.Errorf("read kubelet's --config-dir %s: %w", dir, explain(dir, err))}
+		return nil, []error{fmt.Errorf("read kubelet's --config-dir %s: %w", dir, explain(dir, err))}
 	}
+	var dropIns []dropIn
 	var problems []error
 	for _, e := range entries {
 		if e.IsDir() || !strings.HasSuffix(e.Name(), ".conf") {
@@ -79,13 +134,9 @@ func (in *Installer) checkDropIns(h host, dir string) []error {
 			problems = append(problems, fmt.Errorf("kubelet's drop-in %s: %w", p, err))
 			continue
 		}
-		for _, f := range in.endpoints() {
-			if v, ok := m[f.key]; ok && !isPullgate(v) {
-				problems = append(problems, fmt.Errorf("kubelet's drop-in %s sets %s: %v, which overrides its configuration file: remove it there or set it to %s, then run pullgate install again", p, f.key, v, Endpoint))
-			}
-		}
+		dropIns = append(dropIns, dropIn{p, m})
 	}
-	return problems
+	return dropIns, problems
 }
 
 // runningKubelets returns the command lines of the kubelet processes under proc.

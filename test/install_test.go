@@ -111,7 +111,7 @@ func TestInstallCommand(t *testing.T) {
 			if err := run(slices.Concat([]string{"install", "--config", config}, noKubelet, common)...); err != nil {
 				t.Fatalf("second install: %v", err)
 			}
-			if err := run(append([]string{"uninstall"}, common...)...); err != nil {
+			if err := run(slices.Concat([]string{"uninstall"}, noKubelet, common)...); err != nil {
 				t.Fatalf("uninstall: %v", err)
 			}
 			want := strings.Join([]string{
