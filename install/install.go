@@ -132,115 +132,136 @@ func New(root string, systemctl Systemctl, opts ...Option) *Installer {
 // Running it again with the same sources changes nothing; with a new binary it upgrades in
 // place, the socket staying open across the restart.
 func (in *Installer) Install(ctx context.Context, src Sources) error {
-	// Read and check everything before the first change.
-	bin, err := os.ReadFile(src.Binary)
-	if err != nil {
-		return fmt.Errorf("install: read binary: %w", err)
-	}
-	var cfg []byte
-	if src.Config != "" {
-		if cfg, err = readConfig(src.Config); err != nil {
-			return err
-		}
-	}
 	h, err := openHost(in.root)
 	if err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
 	defer h.Close()
-	if src.Config == "" {
-		if _, err := h.Stat(ConfigPath); err != nil {
-			return fmt.Errorf("install: no configuration at %s: pass --config FILE (systemd/config.yaml is an example; its defaultAction deny refuses every pull until policies are added)", ConfigPath)
-		}
-	}
-	keys, err := readKeys(src.Keys)
+	p, err := in.prepare(h, src)
 	if err != nil {
 		return err
 	}
-	if fi, err := h.Lstat(in.kubeletConfig); err == nil && !fi.Mode().IsRegular() {
-		return fmt.Errorf("install: kubelet configuration %s is not a regular file; point --kubelet-config at the file itself", in.kubeletConfig)
-	}
-	kubeletBefore, err := h.ReadFile(in.kubeletConfig)
-	if err != nil {
-		return fmt.Errorf("install: read kubelet configuration: %w; point --kubelet-config at the KubeletConfiguration file kubelet runs with", err)
-	}
-	kubeletAfter, err := setFields(kubeletBefore, in.endpoints())
-	if err != nil {
-		return fmt.Errorf("install: kubelet configuration %s: %w", in.kubeletConfig, err)
-	}
-	if err := in.checkRunningKubelet(h); err != nil {
-		return fmt.Errorf("install: %w", err)
-	}
-
-	units := []file{
-		{UnitDir + "/pullgate.socket", unit("pullgate.socket"), 0o644},
-		{UnitDir + "/pullgate.service", unit("pullgate.service"), 0o644},
-		{KubeletDrop, unit("10-pullgate.conf"), 0o644},
-	}
-	daemonFiles := []file{{BinaryPath, bin, 0o755}}
-	if cfg != nil {
-		daemonFiles = append(daemonFiles, file{ConfigPath, cfg, 0o644})
-	}
-	for _, k := range keys {
-		daemonFiles = append(daemonFiles, file{filepath.Join(KeysDir, k.name), k.data, 0o644})
-	}
-	if err := reachable(h, slices.Concat(units, daemonFiles, []file{{path: manifestPath}})); err != nil {
-		return fmt.Errorf("install: %w", err)
-	}
-
 	f := &files{h: h}
 	if _, err := f.load(in.kubeletConfig); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
 	f.m.KubeletConfig = in.kubeletConfig
+	reload, restart, err := in.place(f, p)
+	if err != nil {
+		return err
+	}
+	if err := in.startPullgate(ctx, f, reload, restart, usesPullgate(p.kubeletBefore)); err != nil {
+		return err
+	}
+	if bytes.Equal(p.kubeletBefore, p.kubeletAfter) && !f.m.Pending.Kubelet {
+		in.log.Info("kubelet already uses pullgate", "config", in.kubeletConfig)
+		return nil
+	}
+	return in.switchKubelet(ctx, f, p.kubeletBefore, p.kubeletAfter)
+}
+
+// plan is what Install puts on the host, read and checked before the first change.
+type plan struct {
+	units, daemonFiles          []file
+	keys                        []key
+	keysGiven                   bool // so that keys dropped from the source are removed
+	kubeletBefore, kubeletAfter []byte
+}
+
+func (in *Installer) prepare(h host, src Sources) (plan, error) {
+	bin, err := os.ReadFile(src.Binary)
+	if err != nil {
+		return plan{}, fmt.Errorf("install: read binary: %w", err)
+	}
+	var cfg []byte
+	if src.Config != "" {
+		if cfg, err = readConfig(src.Config); err != nil {
+			return plan{}, err
+		}
+	} else if _, err := h.Stat(ConfigPath); err != nil {
+		return plan{}, fmt.Errorf("install: no configuration at %s: pass --config FILE (systemd/config.yaml is an example; its defaultAction deny refuses every pull until policies are added)", ConfigPath)
+	}
+	p := plan{keysGiven: src.Keys != ""}
+	if p.keys, err = readKeys(src.Keys); err != nil {
+		return plan{}, err
+	}
+	if p.kubeletBefore, p.kubeletAfter, err = in.readKubelet(h); err != nil {
+		return plan{}, err
+	}
+	p.units = []file{
+		{UnitDir + "/pullgate.socket", unit("pullgate.socket"), 0o644},
+		{UnitDir + "/pullgate.service", unit("pullgate.service"), 0o644},
+		{KubeletDrop, unit("10-pullgate.conf"), 0o644},
+	}
+	p.daemonFiles = []file{{BinaryPath, bin, 0o755}}
+	if cfg != nil {
+		p.daemonFiles = append(p.daemonFiles, file{ConfigPath, cfg, 0o644})
+	}
+	for _, k := range p.keys {
+		p.daemonFiles = append(p.daemonFiles, file{filepath.Join(KeysDir, k.name), k.data, 0o644})
+	}
+	if err := reachable(h, slices.Concat(p.units, p.daemonFiles, []file{{path: manifestPath}})); err != nil {
+		return plan{}, fmt.Errorf("install: %w", err)
+	}
+	return p, nil
+}
+
+// readKubelet returns kubelet's configuration as it is and as it will be, once the running
+// kubelet was checked to read nothing that overrides it.
+func (in *Installer) readKubelet(h host) (before, after []byte, err error) {
+	if fi, err := h.Lstat(in.kubeletConfig); err == nil && !fi.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("install: kubelet configuration %s is not a regular file; point --kubelet-config at the file itself", in.kubeletConfig)
+	}
+	before, err = h.ReadFile(in.kubeletConfig)
+	if err != nil {
+		return nil, nil, fmt.Errorf("install: read kubelet configuration: %w; point --kubelet-config at the KubeletConfiguration file kubelet runs with", err)
+	}
+	after, err = setFields(before, in.endpoints())
+	if err != nil {
+		return nil, nil, fmt.Errorf("install: kubelet configuration %s: %w", in.kubeletConfig, err)
+	}
+	if err := in.checkRunningKubelet(h); err != nil {
+		return nil, nil, fmt.Errorf("install: %w", err)
+	}
+	return before, after, nil
+}
+
+// place puts pullgate's files in place, and reports whether systemd must reload its units and
+// pullgate restart, for this run's changes or those of an earlier run cut short.
+func (in *Installer) place(f *files, p plan) (reload, restart bool, err error) {
 	earlier := f.m.Pending
 	// Marked pending before the first write (put saves the manifest first), cleared once done.
 	f.m.Pending.DaemonReload, f.m.Pending.Restart = true, true
-	unitsChanged, err := in.putAll(f, units)
+	unitsChanged, err := in.putAll(f, p.units)
 	if err != nil {
-		return err
+		return false, false, err
 	}
-	reload := unitsChanged || earlier.DaemonReload
+	reload = unitsChanged || earlier.DaemonReload
 	f.m.Pending.DaemonReload = reload
-	daemonChanged, err := in.putAll(f, daemonFiles)
+	daemonChanged, err := in.putAll(f, p.daemonFiles)
 	if err != nil {
-		return err
+		return false, false, err
 	}
-	if src.Keys != "" {
-		removed, err := in.removeDroppedKeys(f, keys)
+	if p.keysGiven {
+		removed, err := in.removeDroppedKeys(f, p.keys)
 		if err != nil {
-			return fmt.Errorf("install: %w", err)
+			return false, false, fmt.Errorf("install: %w", err)
 		}
 		daemonChanged = daemonChanged || removed
 	}
-	restart := reload || daemonChanged || earlier.Restart
+	restart = reload || daemonChanged || earlier.Restart
 	f.m.Pending.Restart = restart
+	return reload, restart, nil
+}
 
-	if reload {
-		if err := in.systemctl.Run(ctx, "daemon-reload"); err != nil {
-			return fmt.Errorf("install: %w", err)
-		}
-	}
-	if err := in.systemctl.Run(ctx, "enable", "pullgate.socket", "pullgate.service"); err != nil {
-		return fmt.Errorf("install: %w", err)
-	}
-	if err := in.systemctl.Run(ctx, "start", "pullgate.socket"); err != nil {
-		return fmt.Errorf("install: %w", err)
-	}
-	// The socket unit keeps the listening socket during a restart, so kubelet's calls wait.
-	start := "start"
-	if restart {
-		start = "restart"
-	}
-	err = in.systemctl.Run(ctx, start, "pullgate.service")
-	if err == nil {
-		err = in.probeSocket(ctx)
+// startPullgate starts pullgate, or restarts it behind its socket, and probes it. When kubelet
+// already uses pullgate, an upgrade that does not answer is rolled back.
+func (in *Installer) startPullgate(ctx context.Context, f *files, reload, restart, kubeletUsesIt bool) error {
+	err := in.start(ctx, reload, restart)
+	if err != nil && !kubeletUsesIt {
+		return fmt.Errorf("install: %w; kubelet left as it was; see journalctl -u pullgate", err)
 	}
 	if err != nil {
-		if !usesPullgate(kubeletBefore) {
-			return fmt.Errorf("install: %w; kubelet left as it was; see journalctl -u pullgate", err)
-		}
-		// kubelet already uses pullgate: an upgrade that does not answer is rolled back.
 		if rerr := in.rollback(ctx, f, reload); rerr != nil {
 			return fmt.Errorf("install: %w; putting back the previous files: %w; kubelet uses pullgate: see journalctl -u pullgate now", err, rerr)
 		}
@@ -255,12 +276,30 @@ func (in *Installer) Install(ctx context.Context, src Sources) error {
 			return fmt.Errorf("install: %w", err)
 		}
 	}
+	return nil
+}
 
-	if bytes.Equal(kubeletBefore, kubeletAfter) && !f.m.Pending.Kubelet {
-		in.log.Info("kubelet already uses pullgate", "config", in.kubeletConfig)
-		return nil
+func (in *Installer) start(ctx context.Context, reload, restart bool) error {
+	if reload {
+		if err := in.systemctl.Run(ctx, "daemon-reload"); err != nil {
+			return err
+		}
 	}
-	return in.switchKubelet(ctx, f, kubeletBefore, kubeletAfter)
+	if err := in.systemctl.Run(ctx, "enable", "pullgate.socket", "pullgate.service"); err != nil {
+		return err
+	}
+	if err := in.systemctl.Run(ctx, "start", "pullgate.socket"); err != nil {
+		return err
+	}
+	// The socket unit keeps the listening socket during a restart, so kubelet's calls wait.
+	start := "start"
+	if restart {
+		start = "restart"
+	}
+	if err := in.systemctl.Run(ctx, start, "pullgate.service"); err != nil {
+		return err
+	}
+	return in.probeSocket(ctx)
 }
 
 // switchKubelet points kubelet at pullgate, restarts it and waits for its health, and puts its
