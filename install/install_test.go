@@ -544,6 +544,31 @@ func TestInstallResumes(t *testing.T) {
 	}
 }
 
+// Any systemctl failure of an upgrade, not only the restart's, puts back the files pullgate
+// answered with: kubelet depends on it.
+func TestUpgradeSystemctlFails(t *testing.T) {
+	t.Parallel()
+	for _, fail := range []string{"systemctl enable pullgate.socket pullgate.service", "systemctl start pullgate.socket"} {
+		t.Run(fail, func(t *testing.T) {
+			t.Parallel()
+			n := newNode(t)
+			in := n.installer()
+			if err := in.Install(t.Context(), n.src); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, n.src.Binary, "binary v2", 0o755)
+			n.systemctlErrs = map[string]error{fail: errors.New("exit status 1")}
+			err := in.Install(t.Context(), n.src)
+			if err == nil || !strings.Contains(err.Error(), "pullgate answers again") || !strings.Contains(err.Error(), "exit status 1") {
+				t.Fatalf("Install = %v, want a rollback", err)
+			}
+			if got := n.read(BinaryPath); got != "binary v1" {
+				t.Errorf("binary = %q, want v1 back", got)
+			}
+		})
+	}
+}
+
 // A new configuration that pullgate refuses to start with (ExecStartPre) is rolled back too.
 func TestUpgradeRefusedConfig(t *testing.T) {
 	t.Parallel()
