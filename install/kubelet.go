@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"path"
 	"reflect"
 	"strings"
 	"time"
@@ -98,7 +99,7 @@ func revert(original, current []byte) (data []byte, exact bool, err error) {
 	}
 	var fields []field
 	for _, k := range endpointKeys {
-		if cur[k] != Endpoint {
+		if !isPullgate(cur[k]) {
 			continue
 		}
 		if v, ok := orig[k].(string); ok {
@@ -116,16 +117,43 @@ func revert(original, current []byte) (data []byte, exact bool, err error) {
 
 // usesPullgate reports whether a kubelet configuration points kubelet at pullgate.
 func usesPullgate(data []byte) bool {
+	return len(pullgateFields(data)) > 0
+}
+
+// pullgateFields are the endpoint fields of a kubelet configuration that lead to pullgate's
+// socket, however they are spelled.
+func pullgateFields(data []byte) []string {
 	m, err := decodeMap(data)
 	if err != nil {
-		return false
+		return nil
 	}
+	var keys []string
 	for _, k := range endpointKeys {
-		if m[k] == Endpoint {
-			return true
+		if isPullgate(m[k]) {
+			keys = append(keys, k)
 		}
 	}
-	return false
+	return keys
+}
+
+// isPullgate reports whether an endpoint as kubelet reads it leads to pullgate's socket. kubelet
+// takes a bare path as a unix socket, and /var/run is /run on every systemd host.
+func isPullgate(endpoint any) bool {
+	s, ok := endpoint.(string)
+	if !ok {
+		return false
+	}
+	s = strings.TrimSpace(s)
+	if rest, ok := strings.CutPrefix(s, "unix://"); ok {
+		s = rest
+	} else if strings.Contains(s, "://") {
+		return false
+	}
+	s = path.Clean(s)
+	if rest, ok := strings.CutPrefix(s, "/var/run/"); ok {
+		s = "/run/" + rest
+	}
+	return s == Socket
 }
 
 func indexKey(lines []string, key string) int {
@@ -149,30 +177,51 @@ func decodeMap(data []byte) (map[string]any, error) {
 	return m, nil
 }
 
-// HTTPHealth returns a check that polls url (kubelet's healthz) until it answers 200 or ctx ends.
-func HTTPHealth(url string) func(context.Context) error {
+// DefaultSettle is how long kubelet's healthz must answer 200 without a break to count as
+// healthy: a kubelet that crashes on its new configuration may answer once before it does.
+const DefaultSettle = 10 * time.Second
+
+// HTTPHealth returns a check that polls url (kubelet's healthz) until it has answered 200
+// continuously for settle, or ctx ends. Any other answer starts the settle period again.
+func HTTPHealth(url string, settle time.Duration) func(context.Context) error {
+	interval := min(500*time.Millisecond, max(settle/4, 10*time.Millisecond))
 	return func(ctx context.Context) error {
 		client := &http.Client{Timeout: 2 * time.Second}
-		var last error
+		var since time.Time // of the current run of 200s
+		last := fmt.Errorf("%s: no answer yet", url)
 		for {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-			if err != nil {
-				return err
+			if err := getOK(ctx, client, url); err != nil {
+				since, last = time.Time{}, err
+			} else if since.IsZero() {
+				since = time.Now()
 			}
-			resp, err := client.Do(req)
-			if err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK {
-					return nil
-				}
-				err = fmt.Errorf("%s: %s", url, resp.Status)
+			if !since.IsZero() && time.Since(since) >= settle {
+				return nil
 			}
-			last = err
 			select {
 			case <-ctx.Done():
+				if !since.IsZero() {
+					return fmt.Errorf("%w: healthy for %s, not yet %s without a break (last failure: %v)", ctx.Err(), time.Since(since).Round(time.Millisecond), settle, last)
+				}
 				return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
-			case <-time.After(500 * time.Millisecond):
+			case <-time.After(interval):
 			}
 		}
 	}
+}
+
+func getOK(ctx context.Context, client *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return nil
 }

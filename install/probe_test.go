@@ -34,22 +34,41 @@ func TestCommand(t *testing.T) {
 
 func TestHTTPHealth(t *testing.T) {
 	t.Parallel()
-	var calls atomic.Int32
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		if calls.Add(1) < 3 {
-			http.Error(w, "not yet", http.StatusInternalServerError)
-		}
-	}))
-	t.Cleanup(srv.Close)
-	if err := HTTPHealth(srv.URL)(t.Context()); err != nil || calls.Load() != 3 {
-		t.Fatalf("HTTPHealth = %v after %d calls, want healthy on the third", err, calls.Load())
-	}
-	never := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "no", http.StatusServiceUnavailable) }))
-	t.Cleanup(never.Close)
-	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
-	defer cancel()
-	if err := HTTPHealth(never.URL)(ctx); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "503") {
-		t.Fatalf("HTTPHealth = %v, want the deadline and the last answer", err)
+	const settle = 100 * time.Millisecond
+	for _, tc := range []struct {
+		name      string
+		settle    time.Duration
+		status    func(call int32) int // of the nth call, from 1
+		wantErr   string               // with the deadline
+		wantCalls int32                // at least
+	}{
+		{name: "no settle period", status: func(int32) int { return 200 }, wantCalls: 1},
+		{name: "down, then up", settle: settle, status: func(n int32) int { return map[bool]int{true: 500, false: 200}[n < 3] }, wantCalls: 4},
+		// The first 200 alone does not count, nor a run of them broken by a failure.
+		{name: "a failure starts again", settle: settle, status: func(n int32) int { return map[bool]int{true: 500, false: 200}[n == 2] }, wantCalls: 4},
+		{name: "flapping", settle: settle, status: func(n int32) int { return map[bool]int{true: 500, false: 200}[n%2 == 0] }, wantErr: "500 Internal Server Error"},
+		{name: "down", settle: settle, status: func(int32) int { return 503 }, wantErr: "503"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var calls atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(tc.status(calls.Add(1)))
+			}))
+			t.Cleanup(srv.Close)
+			ctx, cancel := context.WithTimeout(t.Context(), 4*settle)
+			defer cancel()
+			err := HTTPHealth(srv.URL, tc.settle)(ctx)
+			if tc.wantErr != "" {
+				if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("HTTPHealth = %v, want the deadline and %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || calls.Load() < tc.wantCalls {
+				t.Fatalf("HTTPHealth = %v after %d calls, want healthy after %d at least", err, calls.Load(), tc.wantCalls)
+			}
+		})
 	}
 }
 

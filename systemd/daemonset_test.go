@@ -28,7 +28,8 @@ type kustomization struct {
 	} `json:"patches,omitempty"`
 	Images []struct {
 		Name   string `json:"name"`
-		NewTag string `json:"newTag"`
+		NewTag string `json:"newTag,omitempty"`
+		Digest string `json:"digest,omitempty"`
 	} `json:"images,omitempty"`
 }
 
@@ -183,10 +184,26 @@ func TestDaemonSet(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ConfigMap config.yaml: %v", err)
 	}
+	// The privileged installer image is checked like any other, with a key from the Secret,
+	// and pinned by digest; the pause image is let through.
 	pause := spec.Containers[0].Image
 	first := c.Policies[0]
-	check("first policy skips the installer and pause images", first.Mode == verify.Mode("skip") &&
-		slices.Contains(first.Images, install.Image) && slices.Contains(first.Images, pause[:strings.LastIndex(pause, ":")]))
+	check("first policy enforces a signature on the installer image", first.Mode == verify.Mode("enforce") &&
+		slices.Equal(first.Images, []string{install.Image}) && len(first.Authorities) > 0)
+	for _, a := range first.Authorities {
+		check("installer image authority "+a.Name+" uses a key of the Secret", a.Key != nil && strings.HasPrefix(a.Key.File, keys+"/"))
+	}
+	second := c.Policies[1]
+	check("second policy skips the pause image", second.Mode == verify.Mode("skip") &&
+		slices.Contains(second.Images, pause[:strings.LastIndex(pause, ":")]))
+	k := readKustomization(t, "daemonset")
+	pinned := false
+	for _, img := range k.Images {
+		if img.Name == install.Image {
+			pinned = strings.HasPrefix(img.Digest, "sha256:") && len(img.Digest) == len("sha256:")+64 && img.NewTag == ""
+		}
+	}
+	check("kustomization pins the installer image by digest", pinned)
 }
 
 func labelsMatch(selector, labels map[string]string) bool {

@@ -60,6 +60,9 @@ func TestUnits(t *testing.T) {
 		{"no new privileges", service["Service.NoNewPrivileges"], "yes"},
 		{"no capabilities", service["Service.CapabilityBoundingSet"], ""},
 		{"killed late on OOM", service["Service.OOMScoreAdjust"], "-900"},
+		// Without it, every stop of the service deletes /run/pullgate and with it the socket
+		// that pullgate.socket holds open for kubelet.
+		{"socket survives a stop", service["Service.RuntimeDirectoryPreserve"], "yes"},
 		{"kubelet after the socket", strings.Fields(strings.Join(kubelet["Unit.After"], " ")), "pullgate.socket"},
 	}
 	for _, tc := range tests {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -81,8 +82,10 @@ func TestInstallCommand(t *testing.T) {
 				}
 				return nil
 			}
-			common := []string{"--host-root", root, "--systemctl", systemctl, "--kubelet-healthz", kubelet.URL}
-			err := run(append([]string{"install", "--config", config, "--probe-timeout", "3s"}, common...)...)
+			common := []string{"--host-root", root, "--systemctl", systemctl, "--kubelet-healthz", kubelet.URL, "--kubelet-settle", "500ms"}
+			// No kubelet runs in this host root; the machine's own (other tests) is not its.
+			noKubelet := []string{"--proc", t.TempDir()}
+			err := run(slices.Concat([]string{"install", "--config", config, "--probe-timeout", "3s"}, noKubelet, common)...)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("install: %v, want %q", err, tc.wantErr)
@@ -105,10 +108,10 @@ func TestInstallCommand(t *testing.T) {
 			if _, err := images.ImageFsInfo(t.Context()); err != nil {
 				t.Fatalf("ImageFsInfo through the installed pullgate: %v", err)
 			}
-			if err := run(append([]string{"install", "--config", config}, common...)...); err != nil {
+			if err := run(slices.Concat([]string{"install", "--config", config}, noKubelet, common)...); err != nil {
 				t.Fatalf("second install: %v", err)
 			}
-			if err := run(append([]string{"uninstall"}, common...)...); err != nil {
+			if err := run(slices.Concat([]string{"uninstall"}, noKubelet, common)...); err != nil {
 				t.Fatalf("uninstall: %v", err)
 			}
 			want := strings.Join([]string{

@@ -15,15 +15,18 @@ import (
 
 // installFlags are shared by install and uninstall.
 type installFlags struct {
-	hostRoot, systemctl, healthz string
-	kubeletTimeout               time.Duration
+	hostRoot, systemctl, healthz, kubeletConfig, proc string
+	kubeletTimeout, kubeletSettle                     time.Duration
 }
 
 func (f *installFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.hostRoot, "host-root", "/", "the host's root directory (/host from the DaemonSet)")
 	fs.StringVar(&f.systemctl, "systemctl", "", `command that runs the host's systemctl (default "systemctl"; with --host-root, the host's nsenter, run in the host's root, into PID 1's namespaces)`)
 	fs.StringVar(&f.healthz, "kubelet-healthz", install.DefaultKubeletHealthz, "kubelet's health endpoint")
+	fs.StringVar(&f.kubeletConfig, "kubelet-config", install.DefaultKubeletConfig, "kubelet's KubeletConfiguration file on the host")
+	fs.StringVar(&f.proc, "proc", "/proc", "where to find the running kubelet, whose flags are checked (with hostPID, the host's)")
 	fs.DurationVar(&f.kubeletTimeout, "kubelet-timeout", 2*time.Minute, "how long kubelet may take to be healthy after a restart")
+	fs.DurationVar(&f.kubeletSettle, "kubelet-settle", install.DefaultSettle, "how long kubelet's healthz must answer 200 without a break to count as healthy")
 }
 
 func (f *installFlags) installer(opts ...install.Option) *install.Installer {
@@ -34,7 +37,7 @@ func (f *installFlags) installer(opts ...install.Option) *install.Installer {
 	if f.systemctl != "" {
 		systemctl = install.Command(strings.Fields(f.systemctl))
 	}
-	opts = append(opts, install.WithKubeletHealth(install.HTTPHealth(f.healthz)), install.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
+	opts = append(opts, install.WithKubeletConfig(f.kubeletConfig), install.WithProc(f.proc), install.WithKubeletHealth(install.HTTPHealth(f.healthz, f.kubeletSettle)), install.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
 	return install.New(f.hostRoot, systemctl, opts...)
 }
 
@@ -46,7 +49,6 @@ func installCmd(args []string) error {
 	fs.StringVar(&src.Binary, "binary", "", "pullgate binary to install (default: this one)")
 	fs.StringVar(&src.Config, "config", "", "configuration to install as "+install.ConfigPath+" (default: keep the installed one)")
 	fs.StringVar(&src.Keys, "keys", "", "directory whose files are installed in "+install.KeysDir)
-	kubeletConfig := fs.String("kubelet-config", install.DefaultKubeletConfig, "kubelet's KubeletConfiguration file on the host")
 	runtimeService := fs.Bool("runtime-service", false, "point kubelet's containerRuntimeEndpoint at pullgate too")
 	probeTimeout := fs.Duration("probe-timeout", time.Minute, "how long pullgate may take to answer on its socket")
 	if err := fs.Parse(args); err != nil {
@@ -59,7 +61,7 @@ func installCmd(args []string) error {
 		}
 		src.Binary = exe
 	}
-	opts := []install.Option{install.WithKubeletConfig(*kubeletConfig), install.WithTimeouts(*probeTimeout, f.kubeletTimeout)}
+	opts := []install.Option{install.WithTimeouts(*probeTimeout, f.kubeletTimeout)}
 	if *runtimeService {
 		opts = append(opts, install.WithRuntimeService())
 	}
