@@ -26,7 +26,7 @@ build: $(PULLGATE)
 # Statically linked, so that the same binary runs on any node and in the installer image.
 .PHONY: $(PULLGATE)
 $(PULLGATE):
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/pullgate
+	CGO_ENABLED=0 $(GO) build -trimpath -buildvcs=false -ldflags "-X main.version=$(VERSION)" -o $@ ./cmd/pullgate
 
 # The installer image the DaemonSet runs, as an OCI image layout in bin/pullgate-image; pushed
 # when IMAGE names where (with the credentials of ~/.docker/config.json).

@@ -205,6 +205,9 @@ func (n *node) waitSandboxes(t *testing.T, namespace string, done func([]*runtim
 		if done(s) {
 			return s
 		}
+		if err := n.kubelet.Exited(); err != nil {
+			t.Fatal(err)
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("pod sandboxes in %s after %v: %v", namespace, podTimeout, s)
 		}
@@ -237,6 +240,9 @@ func (n *node) waitContainer(t *testing.T, namespace string, state runtimeapi.Co
 				}
 				return resp.Status
 			}
+		}
+		if err := n.kubelet.Exited(); err != nil {
+			t.Fatal(err)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no container %s in namespace %s after %v", state, namespace, podTimeout)
@@ -283,6 +289,9 @@ func (n *node) waitRefused(t *testing.T, namespace string, want ...string) {
 		}
 		if cs := n.containers(t, namespace); len(cs) > 0 {
 			t.Fatalf("the pod in %s got a container, want it refused with %q: %v", namespace, want, cs)
+		}
+		if err := n.kubelet.Exited(); err != nil {
+			t.Fatal(err)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("kubelet never logged %q for %s after %v", want, namespace, podTimeout)

@@ -44,6 +44,23 @@ type KubeletEndpoints struct {
 // kubeletStartTimeout bounds how long kubelet may take to answer /healthz.
 const kubeletStartTimeout = 60 * time.Second
 
+// devicePluginSocket is where every kubelet serves device plugins, whatever its --root-dir. At
+// start a kubelet deletes the sockets there and listens anew: two kubelets doing that at once
+// can leave one unable to listen, and it exits. kubeletStarts keeps starts one at a time until
+// the new kubelet's socket is in place.
+const devicePluginSocket = "/var/lib/kubelet/device-plugins/kubelet.sock"
+
+var kubeletStarts sync.Mutex
+
+// socketInode is the inode of the socket file at path, or 0.
+func socketInode(path string) uint64 {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode()&fs.ModeSocket == 0 {
+		return 0
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
 // KubeletBinary returns $PULLGATE_KUBELET (the Makefile builds it). A missing binary fails the
 // test in CI (CI=true) and skips it elsewhere.
 func KubeletBinary(t T) string {
@@ -74,7 +91,6 @@ func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byt
 		t:           t,
 		dir:         dir,
 		LogPath:     filepath.Join(dir, "kubelet.log"),
-		exited:      make(chan struct{}),
 	}
 	if err := holdKernelSettings(); err != nil {
 		t.Fatal(err)
@@ -90,54 +106,88 @@ func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byt
 			t.Fatal(err)
 		}
 	}
-	ports, err := freePorts(2)
+	// The ports are free when chosen, but another test may take one before kubelet binds it:
+	// then kubelet exits at start, and a second try with other ports goes through.
+	err = k.launch(bin, endpoints)
+	if errors.Is(err, errExitedAtStart) {
+		t.Logf("%v; starting it again on other ports", err)
+		err = k.launch(bin, endpoints)
+	}
 	if err != nil {
 		t.Fatal(err)
+	}
+	return k
+}
+
+var errExitedAtStart = errors.New("kubelet exited during start")
+
+// launch starts kubelet on free ports and waits until it is healthy and serves its device-plugin
+// socket.
+func (k *Kubelet) launch(bin string, endpoints KubeletEndpoints) error {
+	ports, err := freePorts(2)
+	if err != nil {
+		return err
 	}
 	k.URL = fmt.Sprintf("https://127.0.0.1:%d", ports[0])
 	var cfg bytes.Buffer
 	if err := kubeletConfig.Execute(&cfg, map[string]any{
 		"K": k, "Endpoints": endpoints, "Port": ports[0], "HealthzPort": ports[1],
 	}); err != nil {
-		t.Fatal(err)
+		return err
 	}
-	cfgPath := filepath.Join(dir, "kubelet.yaml")
+	cfgPath := filepath.Join(k.dir, "kubelet.yaml")
 	if err := os.WriteFile(cfgPath, cfg.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
+		return err
 	}
-
-	logFile, err := os.Create(k.LogPath)
+	logFile, err := os.OpenFile(k.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer logFile.Close() // the child has its own copy
+	kubeletStarts.Lock()
+	defer kubeletStarts.Unlock()
+	before := socketInode(devicePluginSocket)
 	// No --kubeconfig: standalone mode. -v=3 logs the events kubelet would send to the API server.
-	k.cmd = exec.Command(bin, "--config", cfgPath, "--root-dir", k.RootDir, "--cert-dir", filepath.Join(dir, "pki"),
+	k.cmd = exec.Command(bin, "--config", cfgPath, "--root-dir", k.RootDir, "--cert-dir", filepath.Join(k.dir, "pki"),
 		"--hostname-override", k.NodeName, "-v=3")
 	k.cmd.Stdout, k.cmd.Stderr = logFile, logFile
 	k.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := k.cmd.Start(); err != nil {
-		t.Fatalf("start kubelet: %v", err)
+		return fmt.Errorf("start kubelet: %w", err)
 	}
-	go func() { _ = k.cmd.Wait(); close(k.exited) }()
+	k.exited = make(chan struct{})
+	cmd, exited := k.cmd, k.exited
+	go func() { _ = cmd.Wait(); close(exited) }()
 
 	healthz := fmt.Sprintf("http://127.0.0.1:%d/healthz", ports[1])
 	deadline := time.Now().Add(kubeletStartTimeout)
 	for {
 		if resp, err := http.Get(healthz); err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return k
+			if ino := socketInode(devicePluginSocket); resp.StatusCode == http.StatusOK && ino != 0 && ino != before {
+				return nil
 			}
 		}
 		select {
-		case <-k.exited:
-			t.Fatalf("kubelet exited during start: %v", k.cmd.ProcessState)
+		case <-exited:
+			return fmt.Errorf("%w: %v", errExitedAtStart, cmd.ProcessState)
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("kubelet not healthy after %v", kubeletStartTimeout)
+			return fmt.Errorf("kubelet not healthy after %v", kubeletStartTimeout)
 		}
+	}
+}
+
+// Exited says, with the end of its log, that kubelet has exited, or returns nil while it runs:
+// waiting for a pod of a kubelet that is gone would only time out.
+func (k *Kubelet) Exited() error {
+	select {
+	case <-k.exited:
+		b, _ := os.ReadFile(k.LogPath)
+		return fmt.Errorf("kubelet exited: %v\n%s", k.cmd.ProcessState, tail(b, 8<<10))
+	default:
+		return nil
 	}
 }
 
