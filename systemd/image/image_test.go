@@ -69,8 +69,12 @@ func TestInstaller(t *testing.T) {
 
 func TestInstallerRefusesDynamicBinaries(t *testing.T) {
 	t.Parallel()
+	// coreutils' ls, dynamically linked on Debian.
 	bin, err := os.ReadFile("/bin/ls")
 	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
 		t.Skip(err)
 	}
 	if _, err := Installer(bin, "dev"); err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
