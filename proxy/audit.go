@@ -43,8 +43,9 @@ func Audit(ctx context.Context, images runtimeapi.ImageServiceClient, v Verifier
 	}
 	var out []AuditEntry
 	for _, st := range list.GetImages() {
-		for _, img := range storeNames(st) {
-			digests := storeDigests(st, img)
+		stored := parseStored(st)
+		for _, img := range stored.names() {
+			digests := stored.digestsOf(img)
 			if len(digests) == 0 {
 				digests = []digest.Digest{""}
 			}
@@ -53,7 +54,7 @@ func Audit(ctx context.Context, images runtimeapi.ImageServiceClient, v Verifier
 				if err != nil {
 					return nil, fmt.Errorf("%s: %w", img.Name(), err)
 				}
-				e := AuditEntry{Image: img.Name() + "@" + dg.String(), ID: st.GetId(), Rule: d.Rule, Mode: string(d.Mode), Reason: d.Reason, Tags: tagsOf(st, img)}
+				e := AuditEntry{Image: img.Name() + "@" + dg.String(), ID: st.GetId(), Rule: d.Rule, Mode: string(d.Mode), Reason: d.Reason, Tags: stored.tagsOf(img)}
 				if dg == "" && len(e.Tags) > 0 {
 					e.Image = e.Tags[0]
 				}
@@ -73,15 +74,4 @@ func Audit(ctx context.Context, images runtimeapi.ImageServiceClient, v Verifier
 	}
 	slices.SortFunc(out, func(a, b AuditEntry) int { return strings.Compare(a.Image, b.Image) })
 	return out, nil
-}
-
-// tagsOf returns the store's tags of img's repository.
-func tagsOf(st *runtimeapi.Image, img verify.Image) []string {
-	var tags []string
-	for _, t := range st.GetRepoTags() {
-		if named, err := verify.ParseImage(t); err == nil && named.Name() == img.Name() {
-			tags = append(tags, t)
-		}
-	}
-	return tags
 }

@@ -48,7 +48,8 @@ func (p *Proxy) imageStatus(ctx context.Context, raw *frame) (any, error) {
 		return resp, nil
 	}
 	ref := req.GetImage().GetImage()
-	d, err := p.decideStored(ctx, namesFor(ref, st.GetImage()), st.GetImage(), verify.Request{AllNamespaces: true})
+	stored := parseStored(st.GetImage())
+	d, err := p.decideStored(ctx, stored.namesFor(ref), stored, verify.Request{AllNamespaces: true})
 	if err != nil {
 		// The node's state could not be read: fail closed, kubelet then pulls through pullgate.
 		p.logger.Error("image reported absent: its decision could not be read", "image", ref, "error", err)
@@ -98,7 +99,8 @@ func (p *Proxy) createContainer(ctx context.Context, raw *frame) (any, error) {
 		if ref == "" {
 			ref = spec.GetImage()
 		}
-		d, err = p.decideStored(ctx, namesFor(ref, st.GetImage()), st.GetImage(), base)
+		stored := parseStored(st.GetImage())
+		d, err = p.decideStored(ctx, stored.namesFor(ref), stored, base)
 		if err != nil {
 			log.Error("container refused: its image's decision could not be read", "image", spec.GetImage(), "error", err)
 			p.countStored("CreateContainer", verdictDenied, "")
@@ -114,24 +116,6 @@ func (p *Proxy) createContainer(ctx context.Context, raw *frame) (any, error) {
 	return p.invokeRaw(ctx, runtimeapi.RuntimeService_CreateContainer_FullMethodName, raw)
 }
 
-// namesFor returns the names to decide an image in the store by: the name it was asked for,
-// when it is one of the store's names for the image; otherwise (an image ID, a digest prefix,
-// an alias containerd resolved) all of them, any of which may vouch for the content they all
-// name.
-func namesFor(ref string, st *runtimeapi.Image) []verify.Image {
-	names := storeNames(st)
-	img, err := verify.ParseImage(ref)
-	if err != nil {
-		return names
-	}
-	for _, n := range names {
-		if n.Name() == img.Name() {
-			return []verify.Image{img}
-		}
-	}
-	return names
-}
-
 // storedDecision is a decision on an image in the store, and the name@digest it was made for.
 type storedDecision struct {
 	verify.Decision
@@ -140,11 +124,11 @@ type storedDecision struct {
 
 // decideStored asks the verifier about each name's digests in the store; the first allowed
 // decides, else the first refusal is returned. base carries the namespace to decide for.
-func (p *Proxy) decideStored(ctx context.Context, names []verify.Image, st *runtimeapi.Image, base verify.Request) (storedDecision, error) {
+func (p *Proxy) decideStored(ctx context.Context, names []verify.Image, st storedImage, base verify.Request) (storedDecision, error) {
 	v := p.verifier()
 	var refused *storedDecision
 	for _, img := range names {
-		digests := storeDigests(st, img)
+		digests := st.digestsOf(img)
 		if len(digests) == 0 {
 			digests = []digest.Digest{""} // imported without a registry digest
 		}
@@ -168,45 +152,14 @@ func (p *Proxy) decideStored(ctx context.Context, names []verify.Image, st *runt
 		}
 	}
 	if refused == nil {
-		return storedDecision{Decision: verify.Decision{Reason: "the image has no name in the runtime's store to check it by"}, image: st.GetId()}, nil
+		return storedDecision{Decision: verify.Decision{Reason: "the image has no name in the runtime's store to check it by"}, image: st.id}, nil
 	}
 	return *refused, nil
 }
 
-// storeDigests are the registry digests the store holds for img's repository; a name pinned by
-// digest counts only when the store holds that digest.
-func storeDigests(st *runtimeapi.Image, img verify.Image) []digest.Digest {
-	var out []digest.Digest
-	for _, rd := range st.GetRepoDigests() {
-		named, err := verify.ParseImage(rd)
-		if err != nil || named.Name() != img.Name() || named.Digest == "" {
-			continue
-		}
-		if img.Digest == "" || img.Digest == named.Digest {
-			out = append(out, named.Digest)
-		}
-	}
-	return out
-}
-
-// storeNames are the repositories the store knows the image by.
-func storeNames(st *runtimeapi.Image) []verify.Image {
-	seen := map[string]bool{}
-	var out []verify.Image
-	for _, ref := range append(st.GetRepoDigests(), st.GetRepoTags()...) {
-		img, err := verify.ParseImage(ref)
-		if err != nil || seen[img.Name()] {
-			continue
-		}
-		seen[img.Name()] = true
-		img.Digest, img.Tag = "", ""
-		out = append(out, img)
-	}
-	return out
-}
-
 // invokeRaw forwards one unary call as bytes, with the caller's metadata, and relays the
-// runtime's header and trailer.
+// runtime's header and trailer. The header is set, not sent: it leaves with the reply, in one
+// write.
 func (p *Proxy) invokeRaw(ctx context.Context, method string, req *frame) (*frame, error) {
 	var (
 		resp            frame
@@ -225,7 +178,8 @@ func (p *Proxy) invokeRaw(ctx context.Context, method string, req *frame) (*fram
 	return &resp, nil
 }
 
-// outgoing passes the caller's metadata on to the runtime.
+// outgoing passes the caller's metadata on to the runtime; gRPC itself drops the headers each
+// hop sets for itself (content-type, user-agent, ...).
 func outgoing(ctx context.Context) context.Context {
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
 		return metadata.NewOutgoingContext(ctx, md)

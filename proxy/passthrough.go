@@ -9,7 +9,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -55,23 +54,15 @@ var unary = func() map[string]bool {
 
 // forwardUnary relays one request and its reply.
 func (p *Proxy) forwardUnary(ctx context.Context, method string, in grpc.ServerStream) error {
-	var req, resp frame
+	var req frame
 	if err := in.RecvMsg(&req); err != nil {
 		return err
 	}
-	var header, trailer metadata.MD
-	err := p.upstream.Invoke(ctx, method, &req, &resp, grpc.ForceCodec(codec{}), grpc.Header(&header), grpc.Trailer(&trailer))
-	// SetHeader, not SendHeader: the header then leaves with the reply, in one write.
-	if len(header) > 0 {
-		if err := in.SetHeader(header); err != nil {
-			return err
-		}
-	}
-	in.SetTrailer(trailer)
+	resp, err := p.invokeRaw(ctx, method, &req)
 	if err != nil {
 		return err
 	}
-	return in.SendMsg(&resp)
+	return in.SendMsg(resp)
 }
 
 // bidi describes every method as a bidirectional stream: a unary call is a stream of one
@@ -88,15 +79,10 @@ func (p *Proxy) forward(_ any, in grpc.ServerStream) error {
 		// transfer services, the old v1alpha2 CRI): through pullgate, those would bypass the gate.
 		return status.Errorf(codes.Unimplemented, "pullgate: %s is not a CRI v1 method; pullgate serves only runtime.v1.RuntimeService and runtime.v1.ImageService", method)
 	}
-	ctx := in.Context()
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		// gRPC itself drops the headers each hop sets for itself (content-type, user-agent, ...).
-		ctx = metadata.NewOutgoingContext(ctx, md)
-	}
 	if unary[method] {
-		return p.forwardUnary(ctx, method, in)
+		return p.forwardUnary(in.Context(), method, in)
 	}
-	out, err := p.upstream.NewStream(ctx, bidi, method, grpc.ForceCodec(codec{}))
+	out, err := p.upstream.NewStream(outgoing(in.Context()), bidi, method, grpc.ForceCodec(codec{}))
 	if err != nil {
 		return err
 	}
