@@ -89,7 +89,7 @@ func StartContainerd(t T, bin string, opts ...ContainerdOption) *Containerd {
 			t.Fatalf("containerd %s: WithPods needs containerd 2.x", version)
 		}
 		if err := podTools(bin); err != nil {
-			failOrSkip(t, err.Error())
+			Missing(t, err.Error())
 		}
 	}
 	t.Cleanup(c.cleanup)
@@ -338,7 +338,7 @@ func ContainerdBinaries(t T) map[string]string {
 		missing = append(missing, err.Error())
 	}
 	if len(missing) > 0 {
-		failOrSkip(t, strings.Join(missing, "; "))
+		Missing(t, strings.Join(missing, "; "))
 	}
 	return bins
 }
@@ -349,7 +349,7 @@ func Containerd2Binary(t T) string {
 	t.Helper()
 	bin, err := containerd2Binary()
 	if err != nil {
-		failOrSkip(t, err.Error())
+		Missing(t, err.Error())
 	}
 	return bin
 }
@@ -377,9 +377,9 @@ func podTools(bin string) error {
 	return nil
 }
 
-// failOrSkip fails the test in CI (CI=true), where a missing real part is a defect, and skips it
+// Missing fails the test in CI (CI=true), where a missing real part is a defect, and skips it
 // elsewhere.
-func failOrSkip(t T, msg string) {
+func Missing(t T, msg string) {
 	t.Helper()
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg)
