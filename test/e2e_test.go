@@ -5,7 +5,6 @@ package test
 
 import (
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -79,17 +78,6 @@ func imageService(t *testing.T, endpoint string) internalapi.ImageManagerService
 		t.Fatal(err)
 	}
 	return s
-}
-
-func writeJSON(t *testing.T, path string, v any) {
-	t.Helper()
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func configDigest(t *testing.T, img v1.Image) string {
