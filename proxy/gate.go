@@ -36,16 +36,16 @@ func (p *Proxy) imageStatus(ctx context.Context, raw *frame) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var req runtimeapi.ImageStatusRequest
-	if err := proto.Unmarshal(raw.b, &req); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "pullgate: ImageStatus request: %v", err)
-	}
 	var st runtimeapi.ImageStatusResponse
 	if err := proto.Unmarshal(resp.b, &st); err != nil {
 		return nil, status.Errorf(codes.Internal, "pullgate: runtime's ImageStatus reply: %v", err)
 	}
 	if st.GetImage() == nil {
 		return resp, nil
+	}
+	var req runtimeapi.ImageStatusRequest
+	if err := proto.Unmarshal(raw.b, &req); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "pullgate: ImageStatus request: %v", err)
 	}
 	ref := req.GetImage().GetImage()
 	stored := parseStored(st.GetImage())
