@@ -190,9 +190,13 @@ func HTTPHealth(url string, settle time.Duration) func(context.Context) error {
 		var since time.Time // of the current run of 200s
 		last := fmt.Errorf("%s: no answer yet", url)
 		for {
-			if err := getOK(ctx, client, url); err != nil {
+			err := getOK(ctx, client, url)
+			switch {
+			case ctx.Err() != nil:
+				// The deadline cut the request short: the last answer is still the one to report.
+			case err != nil:
 				since, last = time.Time{}, err
-			} else if since.IsZero() {
+			case since.IsZero():
 				since = time.Now()
 			}
 			if !since.IsZero() && time.Since(since) >= settle {
