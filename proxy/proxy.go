@@ -6,6 +6,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -51,7 +52,9 @@ type Proxy struct {
 	verifier    func() Verifier
 	tagger      Tagger
 
-	keyring         Keyring
+	keyring nodeKeyring
+	// nodeCredentials stays true: whether node credentials are used is the keyring's to say,
+	// as SetKeyring can turn them on and off while pulls run.
 	nodeCredentials bool
 	// gate checks images already in the store at ImageStatus and CreateContainer.
 	gate    bool
@@ -63,8 +66,23 @@ type Proxy struct {
 type Option func(*Proxy)
 
 // WithKeyring sets the node credentials used when kubelet sends none.
-func WithKeyring(k Keyring) Option {
-	return func(p *Proxy) { p.keyring = k; p.nodeCredentials = k != nil }
+func WithKeyring(k Keyring) Option { return func(p *Proxy) { p.SetKeyring(k) } }
+
+// SetKeyring replaces the node credentials from the next pull on, safely while pulls run; nil
+// stops their use (a reloaded auth.nodeCredentials: never).
+func (p *Proxy) SetKeyring(k Keyring) { p.keyring.current.Store(&k) }
+
+// nodeKeyring is the keyring in use, or none.
+type nodeKeyring struct{ current atomic.Pointer[Keyring] }
+
+var _ Keyring = (*nodeKeyring)(nil)
+
+func (n *nodeKeyring) Lookup(image string) ([]auth.Credential, error) {
+	k := n.current.Load()
+	if k == nil || *k == nil {
+		return nil, nil
+	}
+	return (*k).Lookup(image)
 }
 
 // WithPresentImageChecks checks images already in the runtime's store, however they got there:
@@ -90,6 +108,8 @@ func New(upstream grpc.ClientConnInterface, resolver Resolver, verifier func() V
 		verifier:    verifier,
 		tagger:      tagger,
 		logger:      slog.Default(),
+
+		nodeCredentials: true,
 	}
 	for _, o := range opts {
 		o(p)
