@@ -163,9 +163,15 @@ func fetchBundle(ref name.Digest, opts []ociremote.Option) (*sigstoreBundle, err
 	if len(raw) > maxBundleSize {
 		return nil, &denial{fmt.Sprintf("sigstore bundle %s takes more than the %d bytes allowed", ref.DigestStr(), maxBundleSize)}
 	}
+	return parseBundle(ref.DigestStr(), raw), nil
+}
+
+// parseBundle reads the bundle layer raw of the referrer named digest. A layer sigstore-go
+// cannot read gives a sigstoreBundle with err set.
+func parseBundle(digest string, raw []byte) *sigstoreBundle {
 	b := &bundle.Bundle{}
 	if err := b.UnmarshalJSON(raw); err != nil {
-		return &sigstoreBundle{err: fmt.Errorf("unreadable bundle %s: %w", ref.DigestStr(), err)}, nil
+		return &sigstoreBundle{err: fmt.Errorf("unreadable bundle %s: %w", digest, err)}
 	}
 	sb := &sigstoreBundle{b: b}
 	if env := b.GetDsseEnvelope(); env != nil {
@@ -176,7 +182,7 @@ func fetchBundle(ref name.Digest, opts []ociremote.Option) (*sigstoreBundle, err
 		}
 		sb.predicateType = st.PredicateType
 	}
-	return sb, nil
+	return sb
 }
 
 // bundleCheck verifies sigstore bundles for one authority with sigstore-go.
