@@ -447,7 +447,10 @@ func TestKeylessAuthority(t *testing.T) {
 	}{
 		{name: "issuer and subject", d: signed, id: IdentitySpec{Issuer: githubIssuer, Subject: githubWorkflow}, allowed: true},
 		{name: "workflow subjectRegExp", d: signed, id: IdentitySpec{Issuer: githubIssuer, SubjectRegExp: `^https://github\.com/example/.+`}, allowed: true},
-		{name: "issuerRegExp", d: signed, id: IdentitySpec{IssuerRegExp: `^https://token\.actions\.`, Subject: githubWorkflow}, allowed: true},
+		{name: "issuerRegExp", d: signed, id: IdentitySpec{IssuerRegExp: `https://token\.actions\..+`, Subject: githubWorkflow}, allowed: true},
+		// Regular expressions match the whole value, not a part of it.
+		{name: "subjectRegExp matching a part only", d: signed, id: IdentitySpec{Issuer: githubIssuer, SubjectRegExp: `github\.com/example/`}, reason: "none of 1 signature(s) verified with this keyless"},
+		{name: "issuerRegExp matching a part only", d: signed, id: IdentitySpec{IssuerRegExp: `token\.actions`, Subject: githubWorkflow}, reason: "none of 1 signature(s) verified with this keyless"},
 		{name: "email subject", d: email, id: IdentitySpec{Issuer: "https://accounts.example.com", Subject: "dev@example.com"}, allowed: true},
 		{name: "wrong issuer", d: signed, id: IdentitySpec{Issuer: "https://gitlab.example.com", Subject: githubWorkflow}, reason: "none of 1 signature(s) verified with this keyless"},
 		{name: "wrong subject", d: signed, id: IdentitySpec{Issuer: githubIssuer, Subject: "https://github.com/example/app/.github/workflows/other.yml@refs/heads/main"}, reason: "none of 1 signature(s) verified with this keyless"},

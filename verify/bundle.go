@@ -54,8 +54,9 @@ type sigstoreBundle struct {
 	err error
 }
 
-// signature tells an image signature (cosign's statement, or a message signature over the
-// manifest) from an attestation.
+// signature tells what is offered as an image signature from an attestation: cosign's
+// statement, and also a message signature or a statement without a predicate type, so that
+// verification can say why they do not count.
 func (s sigstoreBundle) signature() bool {
 	return s.predicateType == "" || s.predicateType == cosignSignPredicate
 }
@@ -468,24 +469,27 @@ func attestationsOnly(n int) string {
 
 // checkBundleSignature checks what a verified signature bundle signed: cosign's statement
 // about the image, not an attestation, and, when the rule binds the repository, a subject
-// naming the image's repository with the digest.
+// naming the image's repository with the digest. A bare message signature over the manifest
+// does not count: anyone holding the key signs blobs with it (`cosign sign-blob`), and only
+// the statement says that the signer meant to sign this image.
 func checkBundleSignature(st *bundleStatement, h v1.Hash, bindRepo bool, img Image) error {
-	if st != nil && st.PredicateType != cosignSignPredicate {
+	switch {
+	case st == nil:
+		return fmt.Errorf("message signature over the manifest is not an image signature (it is what cosign sign-blob makes); sign the image with cosign sign")
+	case st.PredicateType != cosignSignPredicate:
 		return fmt.Errorf("statement has predicate type %q, not cosign's image signature %s", st.PredicateType, cosignSignPredicate)
 	}
 	if !bindRepo {
 		return nil
 	}
-	if st != nil {
-		for _, s := range st.Subject {
-			if s.Digest[h.Algorithm] != h.Hex || s.Name == "" {
-				continue
-			}
-			if signed, err := ParseImage(s.Name); err == nil && signed.Name() == img.Name() {
-				return nil
-			}
-			return fmt.Errorf("signature is for repository %q, not %s", s.Name, img.Name())
+	for _, s := range st.Subject {
+		if s.Digest[h.Algorithm] != h.Hex || s.Name == "" {
+			continue
 		}
+		if signed, err := ParseImage(s.Name); err == nil && signed.Name() == img.Name() {
+			return nil
+		}
+		return fmt.Errorf("signature is for repository %q, not %s", s.Name, img.Name())
 	}
 	return fmt.Errorf("bundle names no repository, and the rule binds signatures to %s", img.Name())
 }

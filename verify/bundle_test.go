@@ -157,11 +157,15 @@ func TestBundleKeySignature(t *testing.T) {
 	// An attestation by the right key is not a signature.
 	attOnly := pushImage(t, host+"/apps/attonly:v1")
 	attachBundle(t, attOnly, signAttestation(t, attOnly, "https://slsa.dev/provenance/v1", map[string]any{}, kp, sign.BundleOptions{}), "https://slsa.dev/provenance/v1")
-	// A message signature over the manifest itself binds the digest too.
+	// A message signature over the manifest is what `cosign sign-blob` of its bytes makes: it does
+	// not say the signer meant to sign the image, and does not count.
 	message := pushImage(t, host+"/apps/message:v1")
 	attachBundle(t, message, signBundle(t, &sign.PlainData{Data: manifestOf(t, message)}, kp, sign.BundleOptions{}), "")
 	messageOther := pushImage(t, host+"/apps/messageother:v1")
 	attachBundle(t, messageOther, signBundle(t, &sign.PlainData{Data: manifestOf(t, signed)}, kp, sign.BundleOptions{}), "")
+	// A statement about the digest without a predicate type is no image signature either.
+	untyped := pushImage(t, host+"/apps/untyped:v1")
+	attachBundle(t, untyped, signAttestation(t, untyped, "", map[string]any{}, kp, sign.BundleOptions{}), "")
 
 	v := newTestVerifier(t, bundleKeyRule(host+"/apps/*", keyFile, true))
 	tests := []struct {
@@ -178,7 +182,8 @@ func TestBundleKeySignature(t *testing.T) {
 		{name: "unreadable bundle beside a valid one", d: junk, allowed: true},
 		{name: "unreadable bundle", d: junkOnly, reason: []string{"none of 1 sigstore bundle(s) verified with this key: unreadable bundle sha256:"}},
 		{name: "attestation is no signature", d: attOnly, reason: []string{"no .sig tag and no sigstore bundle signature among its referrers, only 1 attestation bundle(s) (looked for a key signature)"}},
-		{name: "message signature over the manifest", d: message, allowed: true},
+		{name: "message signature over the manifest", d: message, reason: []string{"message signature over the manifest is not an image signature"}},
+		{name: "statement without a predicate type", d: untyped, reason: []string{`statement has predicate type "", not cosign's image signature`}},
 		{name: "message signature over another manifest", d: messageOther, reason: []string{"artifact does not match digest"}},
 	}
 	for _, tc := range tests {
@@ -377,6 +382,7 @@ func TestBundleKeyless(t *testing.T) {
 		{name: "identity matches", d: signed, id: IdentitySpec{Issuer: githubIssuer, Subject: githubWorkflow}, allowed: true},
 		{name: "subject regexp matches", d: signed, id: IdentitySpec{IssuerRegExp: `^https://token\.actions\.githubusercontent\.com$`, SubjectRegExp: `^https://github\.com/example/.+`}, allowed: true},
 		{name: "wrong subject", d: signed, id: IdentitySpec{Issuer: githubIssuer, Subject: "https://github.com/example/other/.github/workflows/release.yml@refs/heads/main"}, reason: "certificate identity"},
+		{name: "subject regexp matching a part only", d: signed, id: IdentitySpec{Issuer: githubIssuer, SubjectRegExp: `github\.com/example/`}, reason: "certificate identity"},
 		{name: "wrong issuer", d: signed, id: IdentitySpec{Issuer: "https://accounts.google.com", Subject: githubWorkflow}, reason: "certificate identity"},
 		{name: "no embedded SCT", d: noSCT, id: IdentitySpec{Issuer: githubIssuer, Subject: githubWorkflow}, reason: "signed certificate timestamp"},
 		{name: "not logged", d: unlogged, id: IdentitySpec{Issuer: githubIssuer, Subject: githubWorkflow}, reason: "not enough verified log entries from transparency log"},

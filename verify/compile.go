@@ -225,6 +225,11 @@ func compileAuthority(a AuthoritySpec, trustedRoot func() root.TrustedMaterial) 
 		if err := checkIdentity(*a.Keyless); err != nil {
 			return nil, nil, fmt.Errorf("keyless: %w", err)
 		}
+		if a.Keyless.Issuer == "" && a.Keyless.IssuerRegExp == "" {
+			// As cosign requires: without one, an identity token from any issuer Fulcio trusts
+			// would do, and subjects are only unique per issuer.
+			return nil, nil, errors.New("keyless: set issuer or issuerRegExp, e.g. issuer: https://token.actions.githubusercontent.com")
+		}
 		auth.opts.Identities = []cosign.Identity{identity(*a.Keyless)}
 		needsRoot = true
 	case a.Certificate != nil:
@@ -278,8 +283,18 @@ func compileAuthority(a AuthoritySpec, trustedRoot func() root.TrustedMaterial) 
 	return auth, material, nil
 }
 
+// identity is what cosign and sigstore-go match certificates against. Both match regular
+// expressions anywhere in the value; pullgate's must match all of it, so that
+// 'https://github\.com/example/.+' does not also admit https://evil.example/https://github.com/example/x.
 func identity(s IdentitySpec) cosign.Identity {
-	return cosign.Identity{Issuer: s.Issuer, IssuerRegExp: s.IssuerRegExp, Subject: s.Subject, SubjectRegExp: s.SubjectRegExp}
+	return cosign.Identity{Issuer: s.Issuer, IssuerRegExp: anchor(s.IssuerRegExp), Subject: s.Subject, SubjectRegExp: anchor(s.SubjectRegExp)}
+}
+
+func anchor(re string) string {
+	if re == "" {
+		return ""
+	}
+	return "^(?:" + re + ")$"
 }
 
 func checkIdentity(s IdentitySpec) error {

@@ -7,15 +7,22 @@ import (
 )
 
 // glob matches image names ("registry/repository") and namespaces: '*' matches within one
-// path segment, '**' matches any number of whole segments, including none.
+// path segment, '**' matches any number of whole segments, including none, and '**' alone
+// matches everything.
 type glob struct {
 	pattern string
 	re      *regexp.Regexp
 }
 
+// everything is what '**' alone means: a rule for every image, or for every namespace.
+var everything = regexp.MustCompile(`^.+$`)
+
 func compileGlob(pattern string) (glob, error) {
-	if pattern == "" {
+	switch pattern {
+	case "":
 		return glob{}, fmt.Errorf("empty pattern")
+	case "**":
+		return glob{pattern: pattern, re: everything}, nil
 	}
 	_, path, _ := strings.Cut(pattern, "/")
 	if strings.Contains(pattern, "@") || strings.Contains(path, ":") {
@@ -59,3 +66,6 @@ func compileGlob(pattern string) (glob, error) {
 }
 
 func (g glob) match(s string) bool { return g.re.MatchString(s) }
+
+// all tells a glob that matches every name, such as a namespace glob of '*' or '**'.
+func (g glob) all() bool { return g.pattern == "*" || g.pattern == "**" }

@@ -34,6 +34,7 @@ func TestCompilePolicyErrors(t *testing.T) {
 			{Name: "badre", Certificate: &CertificateSpec{Roots: notPEM, IdentitySpec: IdentitySpec{SubjectRegExp: "("}}},
 			{Name: "keyless", Keyless: &IdentitySpec{Issuer: githubIssuer, Subject: githubWorkflow}},
 			{Name: "none"},
+			{Name: "anyissuer", Keyless: &IdentitySpec{SubjectRegExp: ".+"}},
 		}},
 		{Name: "empty", Images: []string{"r.example.com/empty"}, Mode: Enforce},
 		{Name: "skipper", Images: []string{"r.example.com/skip"}, Mode: Skip, Authorities: keyAuth},
@@ -60,6 +61,7 @@ func TestCompilePolicyErrors(t *testing.T) {
 		"policies[1].authorities[3]: certificate: invalid regular expression \"(\"",
 		"policies[1].authorities[4]: keyless needs verification.trustedRoot",
 		"policies[1].authorities[5]: set exactly one of key, keyless and certificate",
+		"policies[1].authorities[6]: keyless: set issuer or issuerRegExp",
 		"policies[2].authorities: mode enforce needs at least one authority",
 		"policies[3].mode: skip verifies nothing",
 		"policies[4].attestations[0].condition:",
@@ -117,6 +119,47 @@ func TestPolicyMatch(t *testing.T) {
 			}
 			if got != tc.rule {
 				t.Fatalf("match(%s, %q) = %q, want %q", tc.image, tc.namespace, got, tc.rule)
+			}
+		})
+	}
+}
+
+// '**' alone is a rule for everything: an enforce rule meant for every image must not match
+// nothing and leave defaultAction: allow to let every image through.
+func TestGlobDoubleStarAlone(t *testing.T) {
+	t.Parallel()
+	key := newTestKey(t)
+	tests := []struct {
+		name       string
+		images     []string
+		namespaces []string
+		namespace  string
+	}{
+		{name: "images", images: []string{"**"}},
+		{name: "images and namespaces", images: []string{"**"}, namespaces: []string{"**"}, namespace: "prod"},
+		{name: "namespaces", images: []string{"*/**"}, namespaces: []string{"**"}, namespace: "kube-system"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rule := keyRule("everything", tc.images, Enforce, key)
+			rule.Namespaces = tc.namespaces
+			p, err := CompilePolicy([]RuleSpec{rule}, Allow, testSettings)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ref := range []string{"nginx", "registry.example.com/a/b/c:v1", "localhost:5000/x", "[::1]:5000/deep/er/path"} {
+				img, err := ParseImage(ref)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r := p.match(img, tc.namespace); r == nil || r.name != "everything" {
+					t.Errorf("match(%s, %q) = %v, want rule everything", ref, tc.namespace, r)
+				}
+				// ImageStatus names no namespace: '**' covers every namespace.
+				if rules, orDefault := p.candidates(img); len(rules) != 1 || orDefault {
+					t.Errorf("candidates(%s) = %d rules, orDefault %v; want the one rule alone", ref, len(rules), orDefault)
+				}
 			}
 		})
 	}
