@@ -65,7 +65,7 @@ check:
 	@test -z "$$(gofmt -l cmd proxy verify test systemd install)" || { gofmt -l cmd proxy verify test systemd install; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-unit:
+unit: deps
 	$(GO) test -race -count=1 ./verify/... ./proxy/... ./cmd/... ./systemd/... ./install/...
 
 e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
