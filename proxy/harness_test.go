@@ -279,6 +279,10 @@ func (v *fakeVerifier) Verify(_ context.Context, req verify.Request) (verify.Dec
 	return verify.Decision{Allowed: true, Rule: "test-rule"}, nil
 }
 
+func (v *fakeVerifier) DecideByName(verify.Image, string) (verify.Decision, bool) {
+	return verify.Decision{}, false
+}
+
 func (v *fakeVerifier) Known(_ context.Context, req verify.Request) (verify.Decision, error) {
 	v.mu.Lock()
 	v.stored = append(v.stored, req)

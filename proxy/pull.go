@@ -101,10 +101,15 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 	out.digest, out.resolve, out.verify = checked.Digest, checked.Resolve, checked.Verify
 	out.rule, out.mode, out.cached, out.shared = decision.Rule, decision.Mode, decision.Cached, decision.Shared
 	if err != nil {
-		return nil, out, pullError(err)
+		return nil, out, pullError(ctx, err)
 	}
 	pinned := img.Pinned(out.digest)
-	if !decision.Allowed {
+	switch {
+	case !decision.Allowed && out.digest == "":
+		// Decided by the name alone, before any registry request.
+		out.verdict, out.reason = verdictDenied, decision.Reason
+		return nil, out, status.Errorf(codes.Unknown, "SignatureValidationFailed: pullgate: %s denied: %s", img, decision.Reason)
+	case !decision.Allowed:
 		out.verdict, out.reason = verdictDenied, decision.Reason
 		return nil, out, status.Errorf(codes.Unknown, "SignatureValidationFailed: pullgate: %s denied by policy %q: %s", pinned, decision.Rule, decision.Reason)
 	}

@@ -8,28 +8,24 @@ import (
 	"sync/atomic"
 )
 
-// denial is something about the image itself that denies the pull rather than leaving it
-// unchecked: more to fetch than the bounds allow (an image should not need that much to prove
-// itself), or an index whose manifest for this node cannot be told.
-type denial struct{ msg string }
-
-func (e *denial) Error() string { return e.msg }
-
 type budgetKey struct{}
 
-// budget is what one verification may still read from registries, in bytes.
+// budget is what one verification (or one resolution) may still read from registries, in bytes.
 type budget struct {
 	limit int64
 	left  atomic.Int64
+	// exceeded is the denial's message, with %d for the limit.
+	message string
 }
 
 // withBudget bounds the bytes that registry responses read under ctx may carry, manifests and
-// signature layers alike; max <= 0 means no bound.
-func withBudget(ctx context.Context, max int64) context.Context {
+// signature layers alike; max <= 0 means no bound. message is the denial once it is spent,
+// with %d for max.
+func withBudget(ctx context.Context, max int64, message string) context.Context {
 	if max <= 0 {
 		return ctx
 	}
-	b := &budget{limit: max}
+	b := &budget{limit: max, message: message}
 	b.left.Store(max)
 	return context.WithValue(ctx, budgetKey{}, b)
 }
@@ -52,7 +48,7 @@ func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 func (b *budget) exceeded() error {
-	return &denial{fmt.Sprintf("signatures and attestations take more than the %d bytes allowed per image (verification.maxBytes)", b.limit)}
+	return &denial{fmt.Sprintf(b.message, b.limit)}
 }
 
 type budgetBody struct {

@@ -19,6 +19,9 @@ type TagResolver interface {
 
 // Decider decides whether a digest may be pulled.
 type Decider interface {
+	// DecideByName decides when the image's name and namespace alone settle it, before any
+	// registry request; ok is false when the digest is needed.
+	DecideByName(img Image, namespace string) (d Decision, ok bool)
 	Verify(ctx context.Context, req Request) (Decision, error)
 }
 
@@ -34,11 +37,18 @@ type Checked struct {
 // Check is the pull pipeline up to the runtime: it resolves img (a pinned image is its own
 // digest) and decides on that digest, trying creds in order, as kubelet tries its credentials: a
 // credential the registry refuses gives way to the next. The error is the last one met.
+//
+// An image decided by its name alone is decided before any registry request: Checked then has
+// no Digest.
 func Check(ctx context.Context, r TagResolver, d Decider, img Image, namespace string, creds []auth.Credential) (Checked, error) {
 	var (
 		c   Checked
 		err error
 	)
+	if dec, ok := d.DecideByName(img, namespace); ok {
+		c.Decision = dec
+		return c, nil
+	}
 	for _, c.Credential = range creds {
 		start := time.Now()
 		c.Digest = img.Digest

@@ -22,6 +22,8 @@ func (f fakeResolver) Resolve(_ context.Context, _ Image, c auth.Credential) (di
 
 type fakeDecider struct{ refuse map[string]bool }
 
+func (fakeDecider) DecideByName(Image, string) (Decision, bool) { return Decision{}, false }
+
 func (f fakeDecider) Verify(_ context.Context, req Request) (Decision, error) {
 	if f.refuse[req.Credential.Username] {
 		return Decision{}, &RegistryError{Op: "verify", Image: req.Image, Err: &transport.Error{StatusCode: http.StatusForbidden}}

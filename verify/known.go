@@ -121,7 +121,7 @@ func (p *Policy) unmatched(img Image) Decision {
 	if p.defaultAction == Allow {
 		return Decision{Allowed: true, Rule: DefaultRule}
 	}
-	return Decision{Rule: DefaultRule, Reason: fmt.Sprintf("no policy matches %s and defaultAction is %s; add a policy for it or set defaultAction: allow", img.Name(), Deny)}
+	return Decision{Rule: DefaultRule, Reason: "no policy matches (defaultAction: deny); add a policy for it or set defaultAction: allow"}
 }
 
 // candidates are the rules that decide img in some namespace, in order; orDefault is set when
@@ -133,7 +133,7 @@ func (p *Policy) candidates(img Image) (rules []*rule, orDefault bool) {
 			continue
 		}
 		rules = append(rules, r)
-		if len(r.namespaces) == 0 || slices.ContainsFunc(r.namespaces, func(g glob) bool { return g.pattern == "*" }) {
+		if len(r.namespaces) == 0 || slices.ContainsFunc(r.namespaces, glob.all) {
 			return rules, false
 		}
 	}

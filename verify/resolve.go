@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -24,7 +26,7 @@ import (
 // Resolver turns tags into digests, asking the endpoints containerd would ask.
 type Resolver struct {
 	hosts   *hosts.Config
-	timeout time.Duration
+	timeout atomic.Int64 // a time.Duration; SetTimeout changes it while pulls run
 	logger  *slog.Logger
 
 	flight flight[resolveKey, digest.Digest]
@@ -38,19 +40,26 @@ type Resolver struct {
 type ResolverOption func(*Resolver)
 
 // WithResolveTimeout bounds one resolution, all endpoints and retries included.
-func WithResolveTimeout(d time.Duration) ResolverOption { return func(r *Resolver) { r.timeout = d } }
+func WithResolveTimeout(d time.Duration) ResolverOption {
+	return func(r *Resolver) { r.timeout.Store(int64(d)) }
+}
 
 // WithResolveLogger sets where skipped endpoints are reported.
 func WithResolveLogger(l *slog.Logger) ResolverOption { return func(r *Resolver) { r.logger = l } }
 
 // NewResolver returns a resolver that reads endpoint configuration from h.
 func NewResolver(h *hosts.Config, opts ...ResolverOption) *Resolver {
-	r := &Resolver{hosts: h, timeout: 30 * time.Second, logger: slog.Default(), transports: map[transportKey]*cachedTransport{}, bases: map[baseKey]*http.Transport{}}
+	r := &Resolver{hosts: h, logger: slog.Default(), transports: map[transportKey]*cachedTransport{}, bases: map[baseKey]*http.Transport{}}
+	r.timeout.Store(int64(30 * time.Second))
 	for _, o := range opts {
 		o(r)
 	}
 	return r
 }
+
+// SetTimeout changes the bound on each resolution from the next one on (a reloaded
+// verification.timeout).
+func (r *Resolver) SetTimeout(d time.Duration) { r.timeout.Store(int64(d)) }
 
 type resolveKey struct {
 	image string
@@ -64,7 +73,7 @@ func (r *Resolver) Resolve(ctx context.Context, img Image, cred auth.Credential)
 		return img.Digest, nil
 	}
 	d, _, err := r.flight.Do(ctx, resolveKey{img.String(), fingerprint(cred)}, func(ctx context.Context) (digest.Digest, error) {
-		ctx, cancel := context.WithTimeout(ctx, r.timeout)
+		ctx, cancel := context.WithTimeout(ctx, time.Duration(r.timeout.Load()))
 		defer cancel()
 		return r.resolve(ctx, img, cred)
 	})
@@ -119,17 +128,21 @@ func (r *Resolver) resolveAt(ctx context.Context, ep hosts.Endpoint, img Image, 
 	if err != nil {
 		return "", err
 	}
-	ropts := []remote.Option{remote.WithContext(ctx), remote.WithTransport(rt)}
-	desc, err := remote.Head(ref, ropts...)
+	desc, err := remote.Head(ref, remote.WithContext(ctx), remote.WithTransport(rt))
 	if err == nil {
 		return digest.Digest(desc.Digest.String()), nil
 	}
-	var te *transport.Error
-	if errors.As(err, &te) || unavailable(err) {
+	var (
+		te *transport.Error
+		ue *url.Error
+	)
+	if errors.As(err, &te) || errors.As(err, &ue) {
 		return "", err
 	}
-	// The registry answered without a usable Docker-Content-Digest: hash the manifest itself.
-	full, err := remote.Get(ref, ropts...)
+	// The registry answered without a usable Docker-Content-Digest: hash the manifest itself,
+	// no larger than a registry must accept.
+	ctx = withBudget(ctx, maxManifestSize, "the manifest is larger than %d bytes, the most a registry must accept")
+	full, err := remote.Get(ref, remote.WithContext(ctx), remote.WithTransport(rt))
 	if err != nil {
 		return "", err
 	}
@@ -162,6 +175,9 @@ func (r *Resolver) Repository(ctx context.Context, img Image, cred auth.Credenti
 	}
 	return repo, []remote.Option{remote.WithContext(ctx), remote.WithTransport(rt)}, nil
 }
+
+// maxManifestSize is the largest manifest the OCI distribution spec has registries accept.
+const maxManifestSize = 4 << 20
 
 type transportKey struct {
 	scheme, host, repo string

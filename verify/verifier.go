@@ -89,6 +89,17 @@ func NewVerifier(p *Policy, r Registry, opts ...VerifierOption) *Verifier {
 // change stay valid: the cache is keyed by each rule's content.
 func (v *Verifier) SetPolicy(p *Policy) { v.policy.Store(p) }
 
+// DecideByName decides on img when its name and namespace alone settle it: under defaultAction:
+// deny, an image that no rule matches is denied, and neither is its tag resolved nor are
+// credentials sent anywhere for it.
+func (v *Verifier) DecideByName(img Image, namespace string) (d Decision, ok bool) {
+	p := v.policy.Load()
+	if p.defaultAction == Allow || p.match(img, namespace) != nil {
+		return Decision{}, false
+	}
+	return p.unmatched(img), true
+}
+
 // Verify decides req. An error means the image could not be checked; the pull must be denied.
 func (v *Verifier) Verify(ctx context.Context, req Request) (Decision, error) {
 	p := v.policy.Load()
@@ -193,7 +204,7 @@ func (c *decisionCache) put(key cacheKey, d Decision, now time.Time, ttl time.Du
 // It returns the repository the signatures were read from, which names the evidence.
 func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request, reg Registry) (Decision, name.Repository, error) {
 	d := Decision{Rule: r.name, Mode: r.mode}
-	ctx = withBudget(ctx, s.MaxBytes)
+	ctx = withBudget(ctx, s.MaxBytes, "signatures and attestations take more than the %d bytes allowed per image (verification.maxBytes)")
 	repo, ropts, err := reg.Repository(ctx, req.Image, req.Credential)
 	if err != nil {
 		return d, repo, err
@@ -377,11 +388,11 @@ func fetch(ref name.Digest, tag func(name.Reference, ...ociremote.Option) (name.
 	}
 	sigs, err := ociremote.Signatures(t, opts...)
 	if err != nil {
-		return nil, err
+		return nil, boundError(err)
 	}
 	list, err := sigs.Get()
 	if err != nil {
-		return nil, err
+		return nil, boundError(err)
 	}
 	if max > 0 && len(list) > max {
 		return nil, &denial{fmt.Sprintf("%d signatures stored for the image, more than the %d allowed", len(list), max)}
