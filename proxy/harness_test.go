@@ -261,6 +261,8 @@ func (r *fakeResolver) seen() []resolveCall {
 type fakeVerifier struct {
 	decide func(verify.Request) (verify.Decision, error)
 	known  func(verify.Request) (verify.Decision, error)
+	// byName, when set, decides pulls by the image's name before any registry request.
+	byName *verify.Decision
 
 	mu     sync.Mutex
 	reqs   []verify.Request
@@ -280,6 +282,9 @@ func (v *fakeVerifier) Verify(_ context.Context, req verify.Request) (verify.Dec
 }
 
 func (v *fakeVerifier) DecideByName(verify.Image, string) (verify.Decision, bool) {
+	if v.byName != nil {
+		return *v.byName, true
+	}
 	return verify.Decision{}, false
 }
 

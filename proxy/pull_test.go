@@ -1,9 +1,11 @@
 package proxy_test
 
 import (
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -61,6 +63,7 @@ func TestPullImage(t *testing.T) {
 		keyring *fakeKeyring // nil: no WithKeyring
 		resolve func(verify.Image, auth.Credential) (digest.Digest, error)
 		decide  func(verify.Request) (verify.Decision, error)
+		byName  *verify.Decision
 		pullErr error
 		tagErr  error
 
@@ -174,6 +177,42 @@ func TestPullImage(t *testing.T) {
 		},
 		wantCode:    codes.Unknown,
 		wantPrefix:  "RegistryUnavailable: pullgate: ",
+		wantResolve: []auth.Credential{{}},
+	}, {
+		name:        "denied by name alone: no resolve, no credentials sent",
+		image:       "registry.example.com/team/app:v1",
+		keyring:     &fakeKeyring{creds: []auth.Credential{nodeA}},
+		wantLookups: 1,
+		byName:      &verify.Decision{Rule: verify.DefaultRule, Reason: "no policy matches (defaultAction: deny); add a policy for it or set defaultAction: allow"},
+		wantCode:    codes.Unknown,
+		wantMsg:     "SignatureValidationFailed: pullgate: registry.example.com/team/app:v1 denied: no policy matches (defaultAction: deny); add a policy for it or set defaultAction: allow",
+	}, {
+		name:  "image cannot prove itself within the bounds",
+		image: "registry.example.com/team/app:v1",
+		resolve: func(img verify.Image, _ auth.Credential) (digest.Digest, error) {
+			return "", &verify.RegistryError{Image: img, Err: &verify.Denial{Reason: "the manifest is larger than 4194304 bytes, the most a registry must accept"}}
+		},
+		wantCode:    codes.Unknown,
+		wantPrefix:  "SignatureValidationFailed: pullgate: resolve registry.example.com/team/app:v1: the manifest is larger",
+		wantResolve: []auth.Credential{{}},
+	}, {
+		name:  "a bound while verifying",
+		image: "registry.example.com/team/app:v1",
+		decide: func(req verify.Request) (verify.Decision, error) {
+			return verify.Decision{Rule: "internal-apps"}, &verify.Denial{Reason: "40 sigstore bundles refer to the image, more than the 32 allowed"}
+		},
+		wantCode:    codes.Unknown,
+		wantPrefix:  "SignatureValidationFailed: pullgate: 40 sigstore bundles",
+		wantResolve: []auth.Credential{{}},
+		wantVerify:  tagDigest,
+	}, {
+		name:  "registry's certificate does not verify: a definite answer",
+		image: "registry.example.com/team/app:v1",
+		resolve: func(img verify.Image, _ auth.Credential) (digest.Digest, error) {
+			return "", &verify.RegistryError{Image: img, Err: &url.Error{Op: "Head", URL: "https://registry.example.com/v2/", Err: x509.UnknownAuthorityError{}}}
+		},
+		wantCode:    codes.Unknown,
+		wantPrefix:  "pullgate: resolve registry.example.com/team/app:v1: Head",
 		wantResolve: []auth.Credential{{}},
 	}, {
 		name:  "registry says the tag does not exist",
@@ -290,7 +329,7 @@ func TestPullImage(t *testing.T) {
 			s := setup{
 				runtime:  rt,
 				resolver: &fakeResolver{resolve: tc.resolve},
-				verifier: &fakeVerifier{decide: tc.decide},
+				verifier: &fakeVerifier{decide: tc.decide, byName: tc.byName},
 				tagger:   &fakeTagger{err: tc.tagErr},
 			}
 			if tc.keyring != nil {

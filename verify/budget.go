@@ -48,7 +48,7 @@ func (t budgetTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 }
 
 func (b *budget) exceeded() error {
-	return &denial{fmt.Sprintf(b.message, b.limit)}
+	return &Denial{fmt.Sprintf(b.message, b.limit)}
 }
 
 type budgetBody struct {

@@ -103,7 +103,7 @@ func fetchBundles(ref name.Digest, max int, opts []ociremote.Option) ([]sigstore
 		}
 	}
 	if max > 0 && len(descs) > max {
-		return nil, &denial{fmt.Sprintf("%d sigstore bundles refer to the image, more than the %d allowed", len(descs), max)}
+		return nil, &Denial{fmt.Sprintf("%d sigstore bundles refer to the image, more than the %d allowed", len(descs), max)}
 	}
 	var (
 		out  []sigstoreBundle
@@ -111,7 +111,7 @@ func fetchBundles(ref name.Digest, max int, opts []ociremote.Option) ([]sigstore
 	)
 	for _, d := range descs {
 		b, err := fetchBundle(ref.Context().Digest(d.Digest.String()), opts)
-		var de *denial
+		var de *Denial
 		if errors.As(err, &de) {
 			return nil, err
 		} else if err != nil {
@@ -146,7 +146,7 @@ func fetchBundle(ref name.Digest, opts []ociremote.Option) (*sigstoreBundle, err
 		return nil, nil
 	}
 	if m.Layers[0].Size > maxBundleSize {
-		return nil, &denial{fmt.Sprintf("sigstore bundle %s takes %d bytes, more than the %d allowed", ref.DigestStr(), m.Layers[0].Size, maxBundleSize)}
+		return nil, &Denial{fmt.Sprintf("sigstore bundle %s takes %d bytes, more than the %d allowed", ref.DigestStr(), m.Layers[0].Size, maxBundleSize)}
 	}
 	layer, err := img.LayerByDigest(m.Layers[0].Digest)
 	if err != nil {
@@ -162,7 +162,7 @@ func fetchBundle(ref name.Digest, opts []ociremote.Option) (*sigstoreBundle, err
 		return nil, err
 	}
 	if len(raw) > maxBundleSize {
-		return nil, &denial{fmt.Sprintf("sigstore bundle %s takes more than the %d bytes allowed", ref.DigestStr(), maxBundleSize)}
+		return nil, &Denial{fmt.Sprintf("sigstore bundle %s takes more than the %d bytes allowed", ref.DigestStr(), maxBundleSize)}
 	}
 	return parseBundle(ref.DigestStr(), raw), nil
 }

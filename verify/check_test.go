@@ -3,6 +3,7 @@ package verify
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
@@ -67,5 +68,29 @@ func TestCheckTriesCredentialsInOrder(t *testing.T) {
 				t.Fatalf("Check = %+v, %v; want allowed with credential %q", c, err, tc.want)
 			}
 		})
+	}
+}
+
+// countingResolver fails the test if asked: a decision the name settles needs no digest.
+type countingResolver struct{ t *testing.T }
+
+func (r countingResolver) Resolve(context.Context, Image, auth.Credential) (digest.Digest, error) {
+	r.t.Error("resolved a tag whose image the policy denies by its name alone")
+	return "", nil
+}
+
+func TestCheckDecidesByNameBeforeResolving(t *testing.T) {
+	t.Parallel()
+	p := mustPolicy(t, RuleSpec{Name: "apps", Images: []string{"registry.example.com/apps/**"}, Namespaces: []string{"prod"}, Mode: Skip})
+	img, err := ParseImage("registry.example.com/apps/web:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Check(t.Context(), countingResolver{t}, NewVerifier(p, nil), img, "dev", []auth.Credential{{Username: "alice", Password: "pw"}})
+	if err != nil || c.Decision.Allowed || c.Decision.Rule != DefaultRule || c.Digest != "" {
+		t.Fatalf("Check = %+v, %v; want denied by %s before any resolve", c, err, DefaultRule)
+	}
+	if want := "no policy matches (defaultAction: deny)"; !strings.HasPrefix(c.Decision.Reason, want) {
+		t.Errorf("reason %q, want it to start with %q", c.Decision.Reason, want)
 	}
 }

@@ -31,7 +31,7 @@ const (
 
 // KindOf returns the kind of err.
 func KindOf(err error) Kind {
-	var de *denial
+	var de *Denial
 	if errors.As(err, &de) {
 		return Denied
 	}
@@ -72,12 +72,12 @@ func registryError(img Image, err error) error {
 	return &RegistryError{Image: img, Unavailable: unavailable(err), Err: err}
 }
 
-// denial is something about the image itself that denies the pull rather than leaving it
+// Denial is something about the image itself that denies the pull rather than leaving it
 // unchecked: more to fetch than the bounds allow (an image should not need that much to prove
 // itself), or an index whose manifest for this node cannot be told.
-type denial struct{ msg string }
+type Denial struct{ Reason string }
 
-func (e *denial) Error() string { return e.msg }
+func (e *Denial) Error() string { return e.Reason }
 
 // unavailable tells trouble that may pass from a definite answer: only timeouts, refused or
 // reset connections, unreachable hosts and networks, temporary DNS failures, 5xx and 429. A
@@ -92,7 +92,7 @@ func unavailable(err error) bool {
 	if errors.As(err, &te) {
 		return te.StatusCode == http.StatusTooManyRequests || te.StatusCode >= 500
 	}
-	var de *denial
+	var de *Denial
 	if errors.As(err, &de) {
 		return false
 	}
@@ -123,7 +123,7 @@ func unavailable(err error) bool {
 func boundError(err error) error {
 	var ml *oci.MaxLayersExceeded
 	if errors.As(err, &ml) {
-		return &denial{"signature manifest refused: " + ml.Error() + " (signatures per image are bounded by verification.maxSignatures)"}
+		return &Denial{"signature manifest refused: " + ml.Error() + " (signatures per image are bounded by verification.maxSignatures)"}
 	}
 	return err
 }

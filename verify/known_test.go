@@ -331,3 +331,51 @@ func TestEvidenceCompletionCannotDeny(t *testing.T) {
 		t.Errorf("evidence not stored: %v", err)
 	}
 }
+
+// The last-known-good fallback is for a registry that may come back, never for a definite
+// answer: a registry that now refuses, or a man in the middle, must not be met with what was
+// verified before.
+func TestLastKnownGoodOnlyWhileUnavailable(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		answer  http.HandlerFunc
+		allowed bool
+	}{
+		{name: "503", answer: func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "down", http.StatusServiceUnavailable) }, allowed: true},
+		{name: "connection dropped", answer: hangUp{}.ServeHTTP, allowed: true},
+		{name: "403", answer: func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "no", http.StatusForbidden) }},
+		{name: "400", answer: func(w http.ResponseWriter, _ *http.Request) { http.Error(w, "no", http.StatusBadRequest) }},
+	}
+	key := newTestKey(t)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var broken atomic.Bool
+			host := testRegistryWith(t, func(h http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if broken.Load() && r.Method != http.MethodPut {
+						tc.answer(w, r)
+						return
+					}
+					h.ServeHTTP(w, r)
+				})
+			})
+			signed := pushImage(t, host+"/lkg/app:v1")
+			key.sign(t, signed, signed)
+			rule := keyRule("lkg", []string{host + "/lkg/**"}, Enforce, key)
+			dir := t.TempDir()
+			wantDecision(t, verifyOne(t, NewVerifier(mustPolicy(t, rule), NewResolver(hosts.New("")), WithState(openState(t, dir))), signed), true)
+
+			broken.Store(true)
+			v := NewVerifier(mustPolicy(t, rule), NewResolver(hosts.New("")), WithState(openState(t, dir)))
+			d, err := v.Verify(context.Background(), pullRequest(t, signed, ""))
+			if tc.allowed && (err != nil || !d.Allowed || !d.Stored) {
+				t.Errorf("Verify = %+v, %v; want allowed by the stored decision", d, err)
+			}
+			if !tc.allowed && (err == nil || d.Allowed) {
+				t.Errorf("Verify = %+v, %v; want the registry's answer, not the stored decision", d, err)
+			}
+		})
+	}
+}

@@ -1,7 +1,9 @@
 package verify
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
@@ -13,6 +15,8 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/opencontainers/go-digest"
+	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
 	"github.com/sigstore/cosign/v2/pkg/oci/static"
 )
 
@@ -322,6 +326,9 @@ func TestVerifyBounds(t *testing.T) {
 	for range testSettings.MaxSignatures {
 		key.sign(t, within, within, static.WithAnnotations(map[string]string{"n": time.Now().String()}))
 	}
+	// A signature manifest with more layers than cosign reads (1000): its own bound, not ours.
+	layers := pushImage(t, host+"/bounds/layers:v1")
+	putSignatureManifest(t, layers, 1001)
 
 	tests := []struct {
 		name    string
@@ -334,6 +341,7 @@ func TestVerifyBounds(t *testing.T) {
 		{name: "too many signatures in warn mode", d: many, mode: Warn, allowed: true, reason: "more than the 8 allowed"},
 		{name: "manifest too large", d: big, mode: Enforce, reason: "verification.maxBytes"},
 		{name: "signature layer too large", d: bigLayer, mode: Enforce, reason: "verification.maxBytes"},
+		{name: "thousands of signature layers", d: layers, mode: Enforce, reason: "number of layers (1001) exceeded the limit (1000) (signatures per image are bounded by verification.maxSignatures)"},
 		{name: "at the bound", d: within, mode: Enforce, allowed: true},
 	}
 	for _, tc := range tests {
@@ -342,6 +350,41 @@ func TestVerifyBounds(t *testing.T) {
 			v := newTestVerifier(t, keyRule("bounds", []string{host + "/bounds/**"}, tc.mode, key))
 			wantDecision(t, verifyOne(t, v, tc.d), tc.allowed, tc.reason)
 		})
+	}
+}
+
+// putSignatureManifest stores, under d's .sig tag, a signature manifest of n layers that all
+// name one small blob.
+func putSignatureManifest(t *testing.T, d name.Digest, n int) {
+	t.Helper()
+	blob := []byte(`{}`)
+	desc := map[string]any{"mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "size": len(blob), "digest": digest.FromBytes(blob).String()}
+	ls := make([]any, n)
+	for i := range ls {
+		ls[i] = desc
+	}
+	m, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "size": len(blob), "digest": digest.FromBytes(blob).String()},
+		"layers": ls})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tag, err := ociremote.SignatureTag(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPut, "http://"+tag.RegistryStr()+"/v2/"+tag.RepositoryStr()+"/manifests/"+tag.TagStr(), bytes.NewReader(m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("PUT %s: %s", tag, resp.Status)
 	}
 }
 

@@ -219,10 +219,10 @@ func (v *Verifier) check(ctx context.Context, s Settings, r *rule, req Request, 
 		ociremote.WithTargetRepository(repo),
 	}}
 	reasons, err := c.verify(ctx, h)
-	var de *denial
+	var de *Denial
 	switch {
 	case errors.As(err, &de):
-		reasons = []string{de.msg}
+		reasons = []string{de.Reason}
 	case err != nil:
 		return d, repo, err
 	}
@@ -373,7 +373,7 @@ func (c *checker) bundles(h v1.Hash) ([]sigstoreBundle, error) {
 // fetchError wraps registry trouble while fetching what: the pull could not be checked. A
 // denial passes as is.
 func (c *checker) fetchError(what string, err error) error {
-	var de *denial
+	var de *Denial
 	if errors.As(err, &de) {
 		return err
 	}
@@ -395,7 +395,7 @@ func fetch(ref name.Digest, tag func(name.Reference, ...ociremote.Option) (name.
 		return nil, boundError(err)
 	}
 	if max > 0 && len(list) > max {
-		return nil, &denial{fmt.Sprintf("%d signatures stored for the image, more than the %d allowed", len(list), max)}
+		return nil, &Denial{fmt.Sprintf("%d signatures stored for the image, more than the %d allowed", len(list), max)}
 	}
 	return list, nil
 }
@@ -599,9 +599,9 @@ func platformManifest(ref name.Digest, opts []remote.Option) (*v1.Descriptor, er
 	}
 	switch len(candidates) {
 	case 0:
-		return nil, &denial{fmt.Sprintf("index %s has no manifest for %s/%s", ref.DigestStr(), runtime.GOOS, runtime.GOARCH)}
+		return nil, &Denial{fmt.Sprintf("index %s has no manifest for %s/%s", ref.DigestStr(), runtime.GOOS, runtime.GOARCH)}
 	case 1:
 		return &candidates[0], nil
 	}
-	return nil, &denial{fmt.Sprintf("index %s is not signed and has %d manifests containerd could choose for %s/%s; sign the index", ref.DigestStr(), len(candidates), runtime.GOOS, runtime.GOARCH)}
+	return nil, &Denial{fmt.Sprintf("index %s is not signed and has %d manifests containerd could choose for %s/%s; sign the index", ref.DigestStr(), len(candidates), runtime.GOOS, runtime.GOARCH)}
 }
