@@ -37,8 +37,12 @@ var (
 	imageID = "sha256:" + strings.Repeat("c", 64)
 )
 
-// futureMethod is an ImageService method the proxy has never heard of.
-const futureMethod = "/runtime.v1.ImageService/SomeFutureMethod"
+// futureMethod is a RuntimeService method the proxy has never heard of, futureImageMethod an
+// ImageService one. The fake runtime serves both.
+const (
+	futureMethod      = "/runtime.v1.RuntimeService/SomeFutureMethod"
+	futureImageMethod = "/runtime.v1.ImageService/SomeFutureMethod"
+)
 
 // socketDir returns a short directory for Unix sockets, whose paths are limited to 108 bytes.
 func socketDir(t *testing.T) string {
@@ -207,8 +211,7 @@ func (f *fakeRuntime) serve(t *testing.T) string {
 		t.Fatal(err)
 	}
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20))
-	desc := runtimeapi.ImageService_ServiceDesc
-	desc.Methods = append(slices.Clone(desc.Methods), grpc.MethodDesc{
+	future := grpc.MethodDesc{
 		MethodName: "SomeFutureMethod",
 		Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 			in := new(wrapperspb.StringValue)
@@ -217,9 +220,11 @@ func (f *fakeRuntime) serve(t *testing.T) string {
 			}
 			return srv.(*fakeRuntime).future(ctx, in)
 		},
-	})
-	srv.RegisterService(&desc, f)
-	runtimeapi.RegisterRuntimeServiceServer(srv, f)
+	}
+	for _, desc := range []grpc.ServiceDesc{runtimeapi.ImageService_ServiceDesc, runtimeapi.RuntimeService_ServiceDesc} {
+		desc.Methods = append(slices.Clone(desc.Methods), future)
+		srv.RegisterService(&desc, f)
+	}
 	go srv.Serve(l)
 	t.Cleanup(srv.Stop)
 	return path

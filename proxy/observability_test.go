@@ -272,6 +272,10 @@ func TestMetrics(t *testing.T) {
 	if err := e.conn.Invoke(ctx, futureMethod, wrapperspb.String("x"), new(wrapperspb.StringValue)); err != nil {
 		t.Fatal(err)
 	}
+	// Methods pullgate does not know share one label, whatever a caller calls them.
+	for _, m := range []string{futureImageMethod, "/runtime.v1.RuntimeService/Invented1", "/not.cri/Invented2"} {
+		e.conn.Invoke(ctx, m, wrapperspb.String("x"), new(wrapperspb.StringValue))
+	}
 
 	tests := []struct {
 		name   string
@@ -285,7 +289,8 @@ func TestMetrics(t *testing.T) {
 		{"PullImage OK", "pullgate_cri_requests_total", map[string]string{"method": "PullImage", "code": "OK"}, 1},
 		{"PullImage InvalidArgument", "pullgate_cri_requests_total", map[string]string{"method": "PullImage", "code": "InvalidArgument"}, 1},
 		{"stream", "pullgate_cri_requests_total", map[string]string{"method": "GetContainerEvents", "code": "OK"}, 1},
-		{"unknown method", "pullgate_cri_requests_total", map[string]string{"method": "SomeFutureMethod", "code": "OK"}, 1},
+		{"unknown method", "pullgate_cri_requests_total", map[string]string{"method": "unknown", "code": "OK"}, 1},
+		{"unknown methods refused", "pullgate_cri_requests_total", map[string]string{"method": "unknown", "code": "Unimplemented"}, 3},
 		{"ImageStatus durations", "pullgate_cri_request_duration_seconds", map[string]string{"method": "ImageStatus"}, 4},
 		{"PullImage durations", "pullgate_cri_request_duration_seconds", map[string]string{"method": "PullImage"}, 4},
 		{"denied", "pullgate_pull_decisions_total", map[string]string{"verdict": "denied", "rule": "internal-apps"}, 2},

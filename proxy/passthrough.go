@@ -40,13 +40,16 @@ func (codec) Unmarshal(data []byte, v any) error {
 	return proto.Unmarshal(data, v.(proto.Message))
 }
 
-// unary holds the CRI methods known to be unary. They take a cheaper path than a stream; any
-// other method, including ones this build does not know, is relayed as a stream.
-var unary = func() map[string]bool {
+// known holds the CRI methods of this build, each true when unary. Unary ones take a cheaper
+// path than a stream; RuntimeService methods this build does not know are relayed as streams.
+var known = func() map[string]bool {
 	m := map[string]bool{}
 	for _, svc := range []grpc.ServiceDesc{runtimeapi.RuntimeService_ServiceDesc, runtimeapi.ImageService_ServiceDesc} {
 		for _, md := range svc.Methods {
 			m["/"+svc.ServiceName+"/"+md.MethodName] = true
+		}
+		for _, sd := range svc.Streams {
+			m["/"+svc.ServiceName+"/"+sd.StreamName] = false
 		}
 	}
 	return m
@@ -74,12 +77,19 @@ var bidi = &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
 // methods added to the CRI later pass through too.
 func (p *Proxy) forward(_ any, in grpc.ServerStream) error {
 	method, _ := grpc.MethodFromServerStream(in)
-	if !strings.HasPrefix(method, "/runtime.v1.RuntimeService/") && !strings.HasPrefix(method, "/runtime.v1.ImageService/") {
+	unary, ok := known[method]
+	switch {
+	case ok:
+	case strings.HasPrefix(method, "/runtime.v1.ImageService/"):
+		// An image method added to the CRI later may pull, or make a pulled image usable:
+		// passed through, it would bypass the gate.
+		return status.Errorf(codes.Unimplemented, "pullgate: %s is an ImageService method this pullgate does not know, and it is refused rather than let past the image gate; upgrade pullgate", method)
+	case !strings.HasPrefix(method, "/runtime.v1.RuntimeService/"):
 		// The runtime's socket serves more than the CRI (containerd's images, content and
 		// transfer services, the old v1alpha2 CRI): through pullgate, those would bypass the gate.
 		return status.Errorf(codes.Unimplemented, "pullgate: %s is not a CRI v1 method; pullgate serves only runtime.v1.RuntimeService and runtime.v1.ImageService", method)
 	}
-	if unary[method] {
+	if unary {
 		return p.forwardUnary(in.Context(), method, in)
 	}
 	out, err := p.upstream.NewStream(outgoing(in.Context()), bidi, method, grpc.ForceCodec(codec{}))

@@ -493,6 +493,21 @@ func TestMessageSize(t *testing.T) {
 	}
 }
 
+// An ImageService method added to the CRI after this build may pull: refused, never forwarded,
+// while an unknown RuntimeService method passes (TestPassthroughUnknownMethod).
+func TestPassthroughRefusesUnknownImageMethods(t *testing.T) {
+	t.Parallel()
+	rt := &fakeRuntime{}
+	e := start(t, setup{runtime: rt})
+	err := e.conn.Invoke(t.Context(), futureImageMethod, wrapperspb.String("x"), new(wrapperspb.StringValue))
+	if status.Code(err) != codes.Unimplemented || !strings.Contains(err.Error(), "ImageService method this pullgate does not know") {
+		t.Errorf("%s: got %v, want Unimplemented from pullgate", futureImageMethod, err)
+	}
+	if calls := rt.callsTo("SomeFutureMethod"); len(calls) != 0 {
+		t.Errorf("runtime got %v", calls)
+	}
+}
+
 // Services on the runtime's socket other than CRI v1 (containerd's own images or transfer
 // services, the old v1alpha2 CRI) would bypass the gate: they are refused, never forwarded.
 func TestPassthroughRefusesOtherServices(t *testing.T) {
