@@ -351,18 +351,32 @@ func TestVerifySignedLevel(t *testing.T) {
 	ambiguous, first := pushIndex(t, host+"/multi/ambiguous:v1", v1.Platform{OS: "linux", Architecture: runtime.GOARCH, Variant: "v2"})
 	key.sign(t, first, first)
 	key.sign(t, signedIndex, signedIndex)
+	// The platform manifest is signed and attested, as `cosign sign/attest` of that manifest
+	// does; the index is neither.
+	attested, attestedPlatform := pushIndex(t, host+"/multi/attested:v1")
+	key.sign(t, attestedPlatform, attestedPlatform)
+	key.attest(t, attestedPlatform, "https://spdx.dev/Document", map[string]any{})
 
 	rule := func(level string) RuleSpec {
 		r := keyRule("multi", []string{host + "/multi/**"}, Enforce, key)
 		r.SignedLevel = level
 		return r
 	}
+	withSBOM := func(level string) RuleSpec {
+		r := rule(level)
+		r.Attestations = []AttestationSpec{{Name: "sbom", PredicateType: "https://spdx.dev/Document"}}
+		return r
+	}
 	tests := []struct {
 		name, level string
-		d           name.Digest
-		allowed     bool
-		reason      string
+		// rule, when set, replaces rule(level).
+		rule    func(string) RuleSpec
+		d       name.Digest
+		allowed bool
+		reason  string
 	}{
+		{name: "platform level, attestations on the platform manifest", level: SignedPlatform, rule: withSBOM, d: attested, allowed: true},
+		{name: "platform level, attestations looked for on the platform manifest", level: SignedPlatform, rule: withSBOM, d: index, reason: "for platform linux/" + runtime.GOARCH + ", attestation sbom: no attestation found for " + platform.DigestStr()},
 		{name: "index level, platform signed", level: SignedIndex, d: index},
 		{name: "platform level, platform signed", level: SignedPlatform, d: index, allowed: true},
 		{name: "index level, index signed", level: SignedIndex, d: signedIndex, allowed: true},
@@ -372,7 +386,11 @@ func TestVerifySignedLevel(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			v := newTestVerifier(t, rule(tc.level))
+			r := rule
+			if tc.rule != nil {
+				r = tc.rule
+			}
+			v := newTestVerifier(t, r(tc.level))
 			d, err := v.Verify(context.Background(), pullRequest(t, tc.d, ""))
 			if err != nil {
 				t.Fatal(err)

@@ -267,6 +267,8 @@ func (c *checker) verify(ctx context.Context, h v1.Hash) ([]string, error) {
 	}
 	var reasons []string
 	prefix := ""
+	// signed is the digest whose signature holds: the attestations are looked up there.
+	signed := h
 	if !ok && c.r.platformLevel {
 		// The index is not signed: a signature on the manifest this node will run is enough.
 		pd, err := platformManifest(c.repo.Digest(h.String()), c.ropts)
@@ -278,6 +280,7 @@ func (c *checker) verify(ctx context.Context, h v1.Hash) ([]string, error) {
 				return nil, err
 			}
 			prefix = fmt.Sprintf("index %s is not signed; for platform %s, ", h, pd.Platform)
+			signed = pd.Digest
 		}
 	}
 	if !ok {
@@ -289,22 +292,22 @@ func (c *checker) verify(ctx context.Context, h v1.Hash) ([]string, error) {
 	if len(c.r.attestations) == 0 {
 		return nil, nil
 	}
-	atts, err := c.attestations(h)
+	atts, err := c.attestations(signed)
 	if err != nil {
 		return nil, c.fetchError("attestations", err)
 	}
 	for _, spec := range c.r.attestations {
-		ok, found := checkAttestation(ctx, c.r, spec, atts, h)
+		ok, found := checkAttestation(ctx, c.r, spec, atts, signed)
 		if ok {
 			continue
 		}
-		bs, err := c.bundles(h)
+		bs, err := c.bundles(signed)
 		if err != nil {
 			return nil, err
 		}
-		ok, bfound := bundleAttestations(ctx, c.r, spec, bs, h)
+		ok, bfound := bundleAttestations(ctx, c.r, spec, bs, signed)
 		if !ok {
-			reasons = append(reasons, "attestation "+spec.name+": "+attestationReason(spec, h, len(atts), attestationBundles(bs), append(found, bfound...)))
+			reasons = append(reasons, prefix+"attestation "+spec.name+": "+attestationReason(spec, signed, len(atts), attestationBundles(bs), append(found, bfound...)))
 		}
 	}
 	return reasons, nil
