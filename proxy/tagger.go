@@ -84,8 +84,11 @@ func (s *ImageStore) waitVisible(ctx context.Context, name, pinned string) error
 	ctx, cancel := context.WithTimeout(ctx, visibleTimeout)
 	defer cancel()
 	want, err := s.cri.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: pinned}})
-	if err != nil || want.GetImage() == nil {
-		return fmt.Errorf("image status of %s: %v", pinned, err)
+	if err != nil {
+		return fmt.Errorf("image status of %s: %w", pinned, err)
+	}
+	if want.GetImage() == nil {
+		return fmt.Errorf("containerd's CRI does not show %s, which it has just pulled", pinned)
 	}
 	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
 		got, err := s.cri.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: name}})

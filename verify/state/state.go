@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -370,13 +372,19 @@ func (s *Store) Len() int {
 }
 
 // do runs fn in a transaction on the file, opened for this call only. bbolt panics on some
-// damaged pages; that is reported as damage, never allowed to take pullgate down.
+// damaged pages; that is reported as damage, never allowed to take pullgate down. A panic
+// anywhere else is a bug of pullgate's, not damage: it is an error, and the file stays.
 func (s *Store) do(readOnly bool, fn func(*bolt.Tx) error) (err error) {
 	s.file.Lock()
 	defer s.file.Unlock()
 	defer func() {
 		if r := recover(); r != nil {
-			err = &corruptError{fmt.Errorf("%v", r)}
+			if panickedIn("go.etcd.io/bbolt") {
+				err = &corruptError{fmt.Errorf("%v", r)}
+				return
+			}
+			s.logger.Error("internal error in a state transaction; the state file is kept", "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = fmt.Errorf("internal error: %v", r)
 		}
 	}()
 	// bbolt reports a file shorter than its two meta pages with an untyped error.
@@ -399,6 +407,22 @@ func (s *Store) do(readOnly bool, fn func(*bolt.Tx) error) (err error) {
 		return db.View(fn)
 	}
 	return db.Update(fn)
+}
+
+// panickedIn tells, from a deferred function recovering a panic, whether the function that
+// panicked is in pkg.
+func panickedIn(pkg string) bool {
+	pcs := make([]uintptr, 64)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(3, pcs)])
+	for {
+		f, more := frames.Next()
+		if !strings.HasPrefix(f.Function, "runtime.") {
+			return strings.HasPrefix(f.Function, pkg+".") || strings.HasPrefix(f.Function, pkg+"/")
+		}
+		if !more {
+			return false
+		}
+	}
 }
 
 // moveAside renames a damaged file out of the way, keeping it for inspection.

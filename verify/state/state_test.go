@@ -3,6 +3,7 @@ package state
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -408,4 +409,34 @@ func TestReadersDoNotStarveWriters(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+}
+
+// bbolt panics on damaged pages, which is damage; a panic of pullgate's own code in a
+// transaction is a bug, and must not cost the node its decisions.
+func TestPanicIsDamageOnlyInsideBbolt(t *testing.T) {
+	t.Parallel()
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put("a/b", "sha256:abc", decision("h"), nil); err != nil {
+		t.Fatal(err)
+	}
+	s.logger = slog.New(slog.DiscardHandler)
+	err = s.do(false, func(*bolt.Tx) error { panic("a bug of pullgate's") })
+	var ce *corruptError
+	if err == nil || errors.As(err, &ce) {
+		t.Fatalf("a panic in pullgate's code = %v, want an error that is not damage", err)
+	}
+	err = s.do(true, func(*bolt.Tx) error {
+		var b *bolt.Bucket
+		b.Get([]byte("k")) // panics inside bbolt, as a damaged page does
+		return nil
+	})
+	if !errors.As(err, &ce) {
+		t.Fatalf("a panic inside bbolt = %v, want damage", err)
+	}
+	if s, err := Open(filepath.Dir(s.Path())); err != nil || s.Len() != 1 {
+		t.Fatalf("reopen: %v, %d decisions; want the decision kept", err, s.Len())
+	}
 }
