@@ -104,10 +104,25 @@ func (c *Config) Endpoints(registry string) ([]Endpoint, error) {
 		}
 	}
 	c.mu.Lock()
+	if len(c.cache) >= maxCached {
+		// Any registry name in a pod spec adds an entry. Those without hosts.toml cost nothing
+		// to make again; configured ones keep their TLS settings, and so their connections.
+		for k, e := range c.cache {
+			if e.file == "" {
+				delete(c.cache, k)
+			}
+		}
+		if len(c.cache) >= maxCached {
+			clear(c.cache)
+		}
+	}
 	c.cache[registry] = entry
 	c.mu.Unlock()
 	return entry.eps, nil
 }
+
+// maxCached bounds the registries whose endpoints are kept.
+const maxCached = 1024
 
 // hostDirs lists the directories containerd looks in for a registry, in its order.
 func hostDirs(root, registry string) []string {

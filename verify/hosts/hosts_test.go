@@ -678,3 +678,39 @@ func TestEndpointsDefaultCached(t *testing.T) {
 		t.Error("the default endpoint of a loopback registry gets a new *tls.Config on every call")
 	}
 }
+
+// Any registry name in a pod spec is looked up: the cache stays bounded, and a configured
+// registry keeps its TLS settings (and so its connections) through the churn.
+func TestEndpointsCacheBounded(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	hostDir := filepath.Join(root, "registry.example.com")
+	if err := os.MkdirAll(hostDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	newTestCA(t, hostDir, "one")
+	writeHosts(t, root, "registry.example.com", "[host.\"https://a.example.net\"]\nca = \"one-ca.pem\"\n")
+	c := New(root)
+	first, err := c.Endpoints("registry.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 * maxCached {
+		if _, err := c.Endpoints(fmt.Sprintf("r%d.example.com", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.mu.Lock()
+	n := len(c.cache)
+	c.mu.Unlock()
+	if n > maxCached {
+		t.Errorf("%d registries cached, want at most %d", n, maxCached)
+	}
+	again, err := c.Endpoints("registry.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again[0].TLS != first[0].TLS {
+		t.Error("a configured registry lost its *tls.Config to unconfigured names")
+	}
+}
