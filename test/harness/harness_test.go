@@ -1,10 +1,16 @@
 package harness_test
 
 import (
+	"errors"
+	"io/fs"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -263,4 +269,74 @@ func TestRegistry(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestKubeletStaleSocket starts kubelet where an earlier kubelet left its device-plugin socket, as
+// on a machine where kubelet ran before: first over a stale socket made here, then over the one
+// the first kubelet left when it stopped. Each must come up healthy and serve a socket of its
+// own, whatever inode the file system gives it (it may well be the stale socket's).
+func TestKubeletStaleSocket(t *testing.T) {
+	bin := harness.KubeletBinary(t)
+	ctrd := harness.StartContainerd(t, harness.Containerd2Binary(t))
+	endpoints := harness.KubeletEndpoints{Runtime: ctrd.Endpoint, Image: ctrd.Endpoint}
+	for _, name := range []string{"AfterEarlierRun", "AfterFirst"} {
+		t.Run(name, func(t *testing.T) {
+			before := staleSocket(t)
+			k := harness.StartKubelet(t, bin, endpoints, nil)
+			c, err := net.Dial("unix", harness.DevicePluginSocket)
+			if err != nil {
+				t.Fatalf("StartKubelet returned, but its device-plugin socket refuses: %v", err)
+			}
+			c.Close()
+			if err := k.Exited(); err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("device-plugin socket: inode %d before kubelet started, %d after", before, inode(t, harness.DevicePluginSocket))
+		})
+	}
+}
+
+// staleSocket makes sure that a socket no one listens on is at harness.DevicePluginSocket, and
+// returns its inode: the one an earlier kubelet left, or else a new one.
+func staleSocket(t *testing.T) uint64 {
+	t.Helper()
+	unlock, err := harness.LockKubeletStarts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	path := harness.DevicePluginSocket
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSocket != 0 {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Logf("%s: left by an earlier kubelet: %v", path, err)
+			return inode(t, path)
+		}
+		c.Close() // a kubelet of another test listens on it: make a stale one instead
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false) // as a kubelet that stopped leaves it
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s: made stale", path)
+	return inode(t, path)
+}
+
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
 }

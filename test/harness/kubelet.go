@@ -44,21 +44,53 @@ type KubeletEndpoints struct {
 // kubeletStartTimeout bounds how long kubelet may take to answer /healthz.
 const kubeletStartTimeout = 60 * time.Second
 
-// devicePluginSocket is where every kubelet serves device plugins, whatever its --root-dir. At
-// start a kubelet deletes the sockets there and listens anew: two kubelets doing that at once
-// can leave one unable to listen, and it exits. kubeletStarts keeps starts one at a time until
-// the new kubelet's socket is in place.
-const devicePluginSocket = "/var/lib/kubelet/device-plugins/kubelet.sock"
+// DevicePluginSocket is where every kubelet serves device plugins, whatever its --root-dir. At
+// start a kubelet deletes the sockets there and listens anew; it leaves its socket behind when it
+// stops. Two kubelets doing that at once can leave one unable to listen, and it exits:
+// lockKubeletStarts keeps starts one at a time, in this process and in others (`go test` runs
+// packages at once), until the new kubelet serves its socket.
+const DevicePluginSocket = "/var/lib/kubelet/device-plugins/kubelet.sock"
 
-var kubeletStarts sync.Mutex
-
-// socketInode is the inode of the socket file at path, or 0.
-func socketInode(path string) uint64 {
-	fi, err := os.Lstat(path)
-	if err != nil || fi.Mode()&fs.ModeSocket == 0 {
-		return 0
+// lockKubeletStarts waits until no other kubelet start is under way, and returns the function
+// that ends this one. It locks the device-plugin directory with flock(2): a lock of its own open
+// file, so that starts in one process exclude each other as well.
+func lockKubeletStarts() (unlock func(), err error) {
+	dir := filepath.Dir(DevicePluginSocket)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, err
 	}
-	return fi.Sys().(*syscall.Stat_t).Ino
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil // closing the file releases the lock
+}
+
+// servesDevicePlugins says whether the socket at DevicePluginSocket was created at or after start
+// and accepts connections. A socket an earlier kubelet left there refuses them. One that a
+// kubelet still running listens on was created before start: its starts are over. Which inode
+// the socket has says nothing, as the file system may give a new socket the inode of the one
+// that kubelet deleted before.
+func servesDevicePlugins(start time.Time) bool {
+	fi, err := os.Lstat(DevicePluginSocket)
+	if err != nil || fi.Mode()&fs.ModeSocket == 0 {
+		return false
+	}
+	// ctime, which no one can set back. The kernel's coarse clock for file times may lag
+	// time.Now by a tick; kubelet takes far longer than that to listen after it started.
+	if ctime := time.Unix(fi.Sys().(*syscall.Stat_t).Ctim.Unix()); ctime.Before(start) {
+		return false
+	}
+	c, err := net.DialTimeout("unix", DevicePluginSocket, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // KubeletBinary returns $PULLGATE_KUBELET (the Makefile builds it). A missing binary fails the
@@ -144,9 +176,12 @@ func (k *Kubelet) launch(bin string, endpoints KubeletEndpoints) error {
 		return err
 	}
 	defer logFile.Close() // the child has its own copy
-	kubeletStarts.Lock()
-	defer kubeletStarts.Unlock()
-	before := socketInode(devicePluginSocket)
+	unlock, err := lockKubeletStarts()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	start := time.Now()
 	// No --kubeconfig: standalone mode. -v=3 logs the events kubelet would send to the API server.
 	k.cmd = exec.Command(bin, "--config", cfgPath, "--root-dir", k.RootDir, "--cert-dir", filepath.Join(k.dir, "pki"),
 		"--hostname-override", k.NodeName, "-v=3")
@@ -161,10 +196,12 @@ func (k *Kubelet) launch(bin string, endpoints KubeletEndpoints) error {
 
 	healthz := fmt.Sprintf("http://127.0.0.1:%d/healthz", ports[1])
 	deadline := time.Now().Add(kubeletStartTimeout)
+	healthy := false
 	for {
+		// Healthy, then serving the socket it created: kubelet logs nothing once it listens.
 		if resp, err := http.Get(healthz); err == nil {
 			resp.Body.Close()
-			if ino := socketInode(devicePluginSocket); resp.StatusCode == http.StatusOK && ino != 0 && ino != before {
+			if healthy = resp.StatusCode == http.StatusOK; healthy && servesDevicePlugins(start) {
 				return nil
 			}
 		}
@@ -174,6 +211,9 @@ func (k *Kubelet) launch(bin string, endpoints KubeletEndpoints) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
+			if healthy {
+				return fmt.Errorf("kubelet healthy but not serving a new %s after %v", DevicePluginSocket, kubeletStartTimeout)
+			}
 			return fmt.Errorf("kubelet not healthy after %v", kubeletStartTimeout)
 		}
 	}
