@@ -268,6 +268,8 @@ type fakeVerifier struct {
 	known  func(verify.Request) (verify.Decision, error)
 	// byName, when set, decides pulls by the image's name before any registry request.
 	byName *verify.Decision
+	// recall is what tags resolved to when last allowed.
+	recall map[string]digest.Digest
 
 	mu     sync.Mutex
 	reqs   []verify.Request
@@ -291,6 +293,11 @@ func (v *fakeVerifier) DecideByName(verify.Image, string) (verify.Decision, bool
 		return *v.byName, true
 	}
 	return verify.Decision{}, false
+}
+
+func (v *fakeVerifier) Recall(img verify.Image) (digest.Digest, bool) {
+	d, ok := v.recall[img.String()]
+	return d, ok
 }
 
 func (v *fakeVerifier) Known(_ context.Context, req verify.Request) (verify.Decision, error) {

@@ -42,6 +42,9 @@ func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest)
 	if d.verify > 0 {
 		attrs = append(attrs, "verifyDuration", d.verify, "cached", d.cached, "shared", d.shared)
 	}
+	if d.local {
+		attrs = append(attrs, "registryDown", true)
+	}
 	switch {
 	case err == nil && d.verdict == verdictWarned:
 		log.Warn("pull allowed with warning", append(attrs, "verdict", d.verdict, "reason", d.reason)...)
@@ -80,6 +83,9 @@ type outcome struct {
 	mode    verify.Mode
 	cached  bool
 	shared  bool
+	// local is set when the pull was answered from the image the runtime holds, the registry
+	// being down.
+	local bool
 	// resolve, verify and runtime are the time spent asking the registry, checking the policy
 	// and asking the runtime, so that pullgate's own share of a pull can be told apart.
 	resolve, verify, runtime time.Duration
@@ -114,6 +120,22 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 		return nil, out, status.Errorf(codes.Unknown, "SignatureValidationFailed: pullgate: %s denied by policy %q: %s", pinned, decision.Rule, decision.Reason)
 	}
 
+	if checked.Recalled != nil || decision.Stored {
+		// The registry is down, and containerd would ask it again. A digest the node allowed
+		// before and still holds is answered from the store, so that containers of verified
+		// images restart through an outage.
+		ref, err := p.presentImage(ctx, pinned.String())
+		switch {
+		case err != nil:
+			return nil, out, err
+		case ref != "":
+			out.local = true
+			return p.allowed(ctx, img, pinned, decision, &runtimeapi.PullImageResponse{ImageRef: ref}, &out)
+		case checked.Recalled != nil:
+			return nil, out, pullError(ctx, checked.Recalled)
+		}
+	}
+
 	fwd := proto.CloneOf(req)
 	fwd.Image.Image = pinned.String()
 	if req.GetAuth() == nil && !cred.IsZero() {
@@ -130,16 +152,31 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 	if err != nil {
 		return nil, out, err // the runtime's own error, unchanged
 	}
+	return p.allowed(ctx, img, pinned, decision, resp, &out)
+}
+
+// allowed records img's tag for the digest the runtime now holds as pinned, and returns resp.
+func (p *Proxy) allowed(ctx context.Context, img, pinned verify.Image, decision verify.Decision, resp *runtimeapi.PullImageResponse, out *outcome) (*runtimeapi.PullImageResponse, outcome, error) {
 	if img.Tag != "" {
 		if err := p.tagger.Tag(ctx, img.String(), pinned.String()); err != nil {
-			return nil, out, status.Errorf(codes.Unknown, "pullgate: pulled %s but could not record tag %s: %v", pinned, img, err)
+			return nil, *out, status.Errorf(codes.Unknown, "pullgate: pulled %s but could not record tag %s: %v", pinned, img, err)
 		}
 	}
 	out.verdict = verdictAllowed
 	if decision.Reason != "" {
 		out.verdict, out.reason = verdictWarned, decision.Reason
 	}
-	return resp, out, nil
+	return resp, *out, nil
+}
+
+// presentImage returns the ID of the image the runtime holds for pinned ("repo@digest"), or ""
+// when it holds none.
+func (p *Proxy) presentImage(ctx context.Context, pinned string) (string, error) {
+	st, err := p.imageClient.ImageStatus(outgoing(ctx), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: pinned}})
+	if err != nil {
+		return "", err // the runtime's own error
+	}
+	return st.GetImage().GetId(), nil
 }
 
 // credentials returns the credentials to try, in order. kubelet's own choice is used alone and

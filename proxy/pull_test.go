@@ -498,3 +498,64 @@ func TestPullImageReloadedPolicy(t *testing.T) {
 		t.Errorf("verifiers asked %d and %d times, want 1 and 1", len(allow.seen()), len(deny.seen()))
 	}
 }
+
+// With the registry down, a tag pulled and allowed before stands for the digest it was, and a
+// digest decided from the node's state is answered from the runtime's store: containerd would
+// ask the registry again and fail.
+func TestPullImageRegistryDown(t *testing.T) {
+	t.Parallel()
+	const ref = "registry.example.com/team/app:v1"
+	pinned := "registry.example.com/team/app@" + tagDigest.String()
+	down := func(img verify.Image, _ auth.Credential) (digest.Digest, error) {
+		return "", &verify.RegistryError{Image: img, Unavailable: true, Err: errors.New("dial tcp 10.0.0.1:443: connect: connection refused")}
+	}
+	present := map[string]*runtimeapi.ImageStatusResponse{pinned: {Image: &runtimeapi.Image{Id: imageID}}}
+	tests := []struct {
+		name      string
+		image     string
+		recall    map[string]digest.Digest
+		present   map[string]*runtimeapi.ImageStatusResponse
+		stored    bool
+		wantCode  codes.Code
+		wantMsg   string
+		wantPulls int
+		wantTags  []tagCall
+	}{
+		{name: "tag recalled, image held", image: ref, recall: map[string]digest.Digest{ref: tagDigest}, present: present,
+			wantTags: []tagCall{{ref, pinned}}},
+		{name: "tag recalled, image not held", image: ref, recall: map[string]digest.Digest{ref: tagDigest},
+			wantCode: codes.Unknown, wantMsg: "RegistryUnavailable: pullgate: "},
+		{name: "tag never allowed here", image: ref, present: present, wantCode: codes.Unknown, wantMsg: "RegistryUnavailable: pullgate: "},
+		{name: "digest decided from the state, image held", image: pinned, present: present, stored: true},
+		{name: "digest decided from the state, image not held", image: pinned, stored: true, wantPulls: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rt := &fakeRuntime{statusByImage: tc.present}
+			e := start(t, setup{
+				runtime:  rt,
+				resolver: &fakeResolver{resolve: down},
+				verifier: &fakeVerifier{recall: tc.recall, decide: func(req verify.Request) (verify.Decision, error) {
+					if req.Digest != tagDigest {
+						t.Errorf("verifier asked about %s, want the recalled %s", req.Digest, tagDigest)
+					}
+					return verify.Decision{Allowed: true, Rule: "internal-apps", Stored: tc.stored || tc.recall != nil}, nil
+				}},
+			})
+			resp, err := e.imageClient().PullImage(t.Context(), pullRequest(tc.image, nil))
+			if st := status.Convert(err); st.Code() != tc.wantCode || !strings.HasPrefix(st.Message(), tc.wantMsg) {
+				t.Fatalf("PullImage = %v, %v; want %v %q", resp, err, tc.wantCode, tc.wantMsg)
+			}
+			if err == nil && resp.GetImageRef() != imageID {
+				t.Errorf("image_ref = %q, want the held image's %q", resp.GetImageRef(), imageID)
+			}
+			if n := len(rt.callsTo("PullImage")); n != tc.wantPulls {
+				t.Errorf("runtime asked to pull %d times, want %d", n, tc.wantPulls)
+			}
+			if got := e.tagger.seen(); fmt.Sprint(got) != fmt.Sprint(tc.wantTags) {
+				t.Errorf("tags = %v, want %v", got, tc.wantTags)
+			}
+		})
+	}
+}

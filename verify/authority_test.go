@@ -488,6 +488,13 @@ func TestKeySignatureClaims(t *testing.T) {
 	critical := pushImage(t, host+"/claims/app:critical")
 	key.signPayload(t, critical, []byte(`{"critical":{"identity":{"docker-reference":"`+critical.Context().String()+`"},"image":{"docker-manifest-digest":"`+critical.DigestStr()+`"},"type":"cosign container image signature","x-must-understand":{"expires":"2000-01-01"}},"optional":null}`))
 
+	// A payload by the same key that says it is something other than an image signature, and
+	// one that says nothing.
+	otherType := pushImage(t, host+"/claims/app:othertype")
+	key.signPayload(t, otherType, []byte(`{"critical":{"identity":{"docker-reference":"`+otherType.Context().String()+`"},"image":{"docker-manifest-digest":"`+otherType.DigestStr()+`"},"type":"release approval"},"optional":null}`))
+	noType := pushImage(t, host+"/claims/app:notype")
+	key.signPayload(t, noType, []byte(`{"critical":{"identity":{"docker-reference":"`+noType.Context().String()+`"},"image":{"docker-manifest-digest":"`+noType.DigestStr()+`"}},"optional":null}`))
+
 	// The same image and its signature tag copied to another repository, as `cosign copy` does.
 	copied, err := name.NewDigest(host + "/claims/copy@" + signed.DigestStr())
 	if err != nil {
@@ -514,6 +521,8 @@ func TestKeySignatureClaims(t *testing.T) {
 		{name: "signed", d: signed, bind: true, allowed: true},
 		{name: "payload names another digest", d: otherDigest, reason: "invalid or missing digest in claim"},
 		{name: "unknown critical field", d: critical, reason: `payload has unknown critical field "x-must-understand"`},
+		{name: "payload of another type", d: otherType, reason: `payload type "release approval" is not a container image signature`},
+		{name: "payload without a type", d: noType, reason: `payload type "" is not a container image signature`},
 		{name: "copied without bindRepository", d: copied, allowed: true},
 		{name: "copied with bindRepository", d: copied, bind: true, reason: "signature is for repository \"" + host + "/claims/app\""},
 	}

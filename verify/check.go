@@ -23,6 +23,8 @@ type Decider interface {
 	// registry request; ok is false when the digest is needed.
 	DecideByName(img Image, namespace string) (d Decision, ok bool)
 	Verify(ctx context.Context, req Request) (Decision, error)
+	// Recall returns the digest img's tag resolved to when it was last pulled and allowed.
+	Recall(img Image) (digest.Digest, bool)
 }
 
 // Checked is the outcome of Check.
@@ -32,10 +34,14 @@ type Checked struct {
 	Decision   Decision
 	// Resolve and Verify are the time spent resolving and deciding.
 	Resolve, Verify time.Duration
+	// Recalled is the registry's unavailability that made Digest the one the tag resolved to
+	// when last pulled and allowed, rather than what it points to now; nil when resolved.
+	Recalled error
 }
 
 // Check is the pull pipeline up to the runtime: it resolves img (a pinned image is its own
-// digest) and decides on that digest, trying creds in order, as kubelet tries its credentials: a
+// digest, a tag whose registry is unavailable the digest it was last allowed at) and decides on
+// that digest, trying creds in order, as kubelet tries its credentials: a
 // credential the registry refuses gives way to the next. The error is the last one met.
 //
 // An image decided by its name alone is decided before any registry request: Checked then has
@@ -55,10 +61,19 @@ func Check(ctx context.Context, r TagResolver, d Decider, img Image, namespace s
 		if c.Digest == "" {
 			c.Digest, err = r.Resolve(ctx, img, c.Credential)
 			c.Resolve += time.Since(start)
-			if err != nil {
-				if Unauthorized(err) {
-					continue
+			switch {
+			case err == nil:
+			case Unauthorized(err):
+				continue
+			case KindOf(err) == Unavailable:
+				// The registry may come back; until then, a tag pulled and allowed before
+				// stands for the digest it was, decided again from what the node knows.
+				dg, ok := d.Recall(img)
+				if !ok {
+					return c, err
 				}
+				c.Digest, c.Recalled = dg, err
+			default:
 				return c, err
 			}
 		}

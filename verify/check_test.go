@@ -24,6 +24,7 @@ func (f fakeResolver) Resolve(_ context.Context, _ Image, c auth.Credential) (di
 type fakeDecider struct{ refuse map[string]bool }
 
 func (fakeDecider) DecideByName(Image, string) (Decision, bool) { return Decision{}, false }
+func (fakeDecider) Recall(Image) (digest.Digest, bool)          { return "", false }
 
 func (f fakeDecider) Verify(_ context.Context, req Request) (Decision, error) {
 	if f.refuse[req.Credential.Username] {
@@ -92,5 +93,49 @@ func TestCheckDecidesByNameBeforeResolving(t *testing.T) {
 	}
 	if want := "no policy matches (defaultAction: deny)"; !strings.HasPrefix(c.Decision.Reason, want) {
 		t.Errorf("reason %q, want it to start with %q", c.Decision.Reason, want)
+	}
+}
+
+type errResolver struct{ err error }
+
+func (r errResolver) Resolve(context.Context, Image, auth.Credential) (digest.Digest, error) {
+	return "", r.err
+}
+
+type recallDecider struct {
+	fakeDecider
+	d digest.Digest
+}
+
+func (r recallDecider) Recall(Image) (digest.Digest, bool) { return r.d, true }
+
+// A tag stands for its last allowed digest only while the registry is unavailable: a definite
+// answer (the tag is gone, the credential refused) is the answer.
+func TestCheckRecallsOnlyWhileUnavailable(t *testing.T) {
+	t.Parallel()
+	img, err := ParseImage("registry.example.com/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dg = digest.Digest("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+	for _, tc := range []struct {
+		name   string
+		err    error
+		recall bool
+	}{
+		{name: "503", err: &RegistryError{Image: img, Unavailable: true, Err: &transport.Error{StatusCode: http.StatusServiceUnavailable}}, recall: true},
+		{name: "404", err: &RegistryError{Image: img, Err: &transport.Error{StatusCode: http.StatusNotFound}}},
+		{name: "a bound", err: &RegistryError{Image: img, Err: &Denial{"too big"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c, err := Check(t.Context(), errResolver{tc.err}, recallDecider{d: dg}, img, "", []auth.Credential{{}})
+			if tc.recall && (err != nil || c.Digest != dg || c.Recalled == nil) {
+				t.Errorf("Check = %+v, %v; want the recalled digest", c, err)
+			}
+			if !tc.recall && (err == nil || c.Recalled != nil) {
+				t.Errorf("Check = %+v, %v; want the registry's answer", c, err)
+			}
+		})
 	}
 }

@@ -379,3 +379,42 @@ func TestLastKnownGoodOnlyWhileUnavailable(t *testing.T) {
 		})
 	}
 }
+
+// A tag pulled and allowed is remembered across restarts; with its registry down, Check
+// decides the digest it was, and only when the registry is unavailable, not when it answers.
+func TestRecallTagWhileUnavailable(t *testing.T) {
+	t.Parallel()
+	reg := &outage{}
+	host := testRegistryWith(t, reg.wrap)
+	key := newTestKey(t)
+	d := pushImage(t, host+"/apps/web:v1")
+	key.sign(t, d, d)
+	rule := keyRule("apps", []string{host + "/apps/**"}, Enforce, key)
+	dir := t.TempDir()
+	tag, err := ParseImage(host + "/apps/web:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := NewResolver(hosts.New(""))
+	v := NewVerifier(mustPolicy(t, rule), r, WithState(openState(t, dir)))
+	if c, err := Check(t.Context(), r, v, tag, "", []auth.Credential{{}}); err != nil || !c.Decision.Allowed || c.Recalled != nil {
+		t.Fatalf("Check = %+v, %v; want allowed, resolved", c, err)
+	}
+
+	reg.down.Store(true)
+	v = NewVerifier(mustPolicy(t, rule), r, WithState(openState(t, dir)))
+	if got, ok := v.Recall(tag); !ok || got.String() != d.DigestStr() {
+		t.Fatalf("Recall after a restart = %s, %v; want %s", got, ok, d.DigestStr())
+	}
+	c, err := Check(t.Context(), r, v, tag, "", []auth.Credential{{}})
+	if err != nil || !c.Decision.Allowed || c.Digest.String() != d.DigestStr() || KindOf(c.Recalled) != Unavailable {
+		t.Fatalf("Check with the registry down = %+v, %v; want the recalled digest allowed", c, err)
+	}
+	other, err := ParseImage(host + "/apps/web:v2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := Check(t.Context(), r, v, other, "", []auth.Credential{{}}); err == nil || KindOf(err) != Unavailable {
+		t.Fatalf("Check of a tag never pulled here = %+v, %v; want unavailable", c, err)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/opencontainers/go-digest"
 	"github.com/sigstore/cosign/v2/pkg/cosign"
 	"github.com/sigstore/cosign/v2/pkg/oci"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
@@ -101,7 +102,33 @@ func (v *Verifier) DecideByName(img Image, namespace string) (d Decision, ok boo
 }
 
 // Verify decides req. An error means the image could not be checked; the pull must be denied.
+// What an allowed pull by tag resolved to is remembered, for Recall.
 func (v *Verifier) Verify(ctx context.Context, req Request) (Decision, error) {
+	d, err := v.verify(ctx, req)
+	if err == nil && d.Allowed && req.Image.Tag != "" && req.Image.Digest == "" && v.state != nil && !v.state.ReadOnly() {
+		if err := v.state.PutTag(req.Image.String(), req.Digest.String(), v.now()); err != nil {
+			v.logger.Error("tag's digest not stored; while its registry is down, the tag cannot be pulled again", "image", req.Image.String(), "digest", req.Digest, "error", err)
+		}
+	}
+	return d, err
+}
+
+// Recall returns the digest img's tag resolved to when it was last pulled and allowed on this
+// node, for a pull of the tag while its registry is down. The digest is decided again like any
+// other, from what the node knows.
+func (v *Verifier) Recall(img Image) (digest.Digest, bool) {
+	if v.state == nil || img.Tag == "" || img.Digest != "" {
+		return "", false
+	}
+	t, ok := v.state.Tag(img.String())
+	if !ok {
+		return "", false
+	}
+	d, err := digest.Parse(t.Digest)
+	return d, err == nil
+}
+
+func (v *Verifier) verify(ctx context.Context, req Request) (Decision, error) {
 	p := v.policy.Load()
 	r := p.match(req.Image, req.Namespace)
 	if r == nil {

@@ -68,8 +68,15 @@ var (
 	metaBucket      = []byte("meta")
 	decisionsBucket = []byte("decisions")
 	evidenceBucket  = []byte("evidence")
+	tagsBucket      = []byte("tags")
 	versionKey      = []byte("version")
 )
+
+// Tag is the digest a tag resolved to when it was last pulled and allowed.
+type Tag struct {
+	Digest string    `json:"digest"`
+	At     time.Time `json:"at"`
+}
 
 type key struct{ image, digest string }
 
@@ -84,6 +91,8 @@ type Store struct {
 
 	mu        sync.RWMutex
 	decisions map[key][]Decision
+	// tags maps "image:tag" to what it last resolved to.
+	tags map[string]Tag
 
 	// write keeps this process's writers in line, file its opens of the file: readers holding
 	// bbolt's shared lock would otherwise starve a writer. bbolt's file lock keeps other
@@ -105,7 +114,7 @@ func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.logger = l } 
 // unknown version is moved aside and the state rebuilt empty: the images on the node are then
 // verified again when next used, which is safe.
 func Open(dir string, opts ...Option) (*Store, error) {
-	s := &Store{path: filepath.Join(dir, FileName), logger: slog.Default(), decisions: map[key][]Decision{}}
+	s := &Store{path: filepath.Join(dir, FileName), logger: slog.Default(), decisions: map[key][]Decision{}, tags: map[string]Tag{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -143,7 +152,7 @@ func (s *Store) Path() string { return s.path }
 
 // load checks the file's consistency and reads every decision into memory.
 func (s *Store) load() error {
-	decisions := map[key][]Decision{}
+	decisions, tags := map[key][]Decision{}, map[string]Tag{}
 	err := s.do(s.readOnly, func(tx *bolt.Tx) error {
 		if err := s.prepare(tx); err != nil {
 			return err
@@ -154,6 +163,19 @@ func (s *Store) load() error {
 		}
 		if damage != nil {
 			return &corruptError{damage}
+		}
+		if b := tx.Bucket(tagsBucket); b != nil {
+			// Files written before tags were kept have no such bucket.
+			if err := b.ForEach(func(k, v []byte) error {
+				var t Tag
+				if err := json.Unmarshal(v, &t); err != nil {
+					return &corruptError{fmt.Errorf("tag %q: %w", k, err)}
+				}
+				tags[string(k)] = t
+				return nil
+			}); err != nil {
+				return err
+			}
 		}
 		b := tx.Bucket(decisionsBucket)
 		if b == nil {
@@ -176,7 +198,7 @@ func (s *Store) load() error {
 		return err
 	}
 	s.mu.Lock()
-	s.decisions = decisions
+	s.decisions, s.tags = decisions, tags
 	s.mu.Unlock()
 	return nil
 }
@@ -205,7 +227,7 @@ func (s *Store) prepare(tx *bolt.Tx) error {
 	if !tx.Writable() {
 		return nil
 	}
-	for _, b := range [][]byte{decisionsBucket, evidenceBucket} {
+	for _, b := range [][]byte{decisionsBucket, evidenceBucket, tagsBucket} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
@@ -255,6 +277,56 @@ func (s *Store) Evidence(image, digest string) (*Evidence, error) {
 		return nil, fmt.Errorf("state %s: read evidence: %w", s.path, err)
 	}
 	return ev, nil
+}
+
+// Tag returns what ref ("image:tag") resolved to when it was last pulled and allowed.
+func (s *Store) Tag(ref string) (Tag, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	t, ok := s.tags[ref]
+	return t, ok
+}
+
+// PutTag records that ref ("image:tag") resolved to digest. Nothing is written when the record
+// already says so: pulls of an unchanged tag cost no write.
+func (s *Store) PutTag(ref, digest string, at time.Time) error {
+	if s.readOnly {
+		return errors.New("state is open read-only")
+	}
+	s.mu.RLock()
+	old, ok := s.tags[ref]
+	s.mu.RUnlock()
+	if ok && old.Digest == digest {
+		return nil
+	}
+	s.write.Lock()
+	defer s.write.Unlock()
+	t := Tag{Digest: digest, At: at.UTC()}
+	v, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	put := func(tx *bolt.Tx) error {
+		if err := s.prepare(tx); err != nil {
+			return err
+		}
+		return tx.Bucket(tagsBucket).Put([]byte(ref), v)
+	}
+	err = s.do(false, put)
+	var ce *corruptError
+	if errors.As(err, &ce) {
+		if err := s.moveAside(err); err != nil {
+			return err
+		}
+		err = s.do(false, put)
+	}
+	if err != nil {
+		return fmt.Errorf("state %s: write tag %s: %w", s.path, ref, err)
+	}
+	s.mu.Lock()
+	s.tags[ref] = t
+	s.mu.Unlock()
+	return nil
 }
 
 // Put records d for the digest of image, and ev when it is not nil, in one transaction: a crash
@@ -336,6 +408,17 @@ func (s *Store) Prune(keep func(image, digest string) bool, before time.Time) (i
 			gone = append(gone, k)
 		}
 	}
+	// A tag goes with the digest it names.
+	forgotten := map[key]bool{}
+	for _, k := range gone {
+		forgotten[k] = true
+	}
+	var tags []string
+	for ref, tg := range s.tags {
+		if image, _, ok := cutLast(ref, ':'); ok && forgotten[key{image, tg.Digest}] {
+			tags = append(tags, ref)
+		}
+	}
 	s.mu.RUnlock()
 	if len(gone) == 0 {
 		return 0, nil
@@ -351,6 +434,11 @@ func (s *Store) Prune(keep func(image, digest string) bool, before time.Time) (i
 				}
 			}
 		}
+		for _, ref := range tags {
+			if err := tx.Bucket(tagsBucket).Delete([]byte(ref)); err != nil {
+				return err
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -359,6 +447,9 @@ func (s *Store) Prune(keep func(image, digest string) bool, before time.Time) (i
 	s.mu.Lock()
 	for _, k := range gone {
 		delete(s.decisions, k)
+	}
+	for _, ref := range tags {
+		delete(s.tags, ref)
 	}
 	s.mu.Unlock()
 	return len(gone), nil

@@ -332,11 +332,22 @@ func TestPrune(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	for ref, digest := range map[string]string{"r:gone": "sha256:gone", "r:inuse": "sha256:inuse"} {
+		if err := s.PutTag(ref, digest, old); err != nil {
+			t.Fatal(err)
+		}
+	}
 	n, err := s.Prune(func(image, digest string) bool { return digest == "sha256:inuse" }, time.Unix(3000, 0))
 	if err != nil || n != 1 {
 		t.Fatalf("Prune = %d, %v; want 1 forgotten", n, err)
 	}
 	for _, st := range []*Store{s, mustOpen(t, dir)} {
+		if _, ok := st.Tag("r:gone"); ok {
+			t.Error("a tag naming a forgotten digest was kept")
+		}
+		if _, ok := st.Tag("r:inuse"); !ok {
+			t.Error("a tag naming a kept digest was forgotten")
+		}
 		for digest, want := range map[string]bool{"sha256:gone": false, "sha256:inuse": true, "sha256:recent": true} {
 			if _, ok := st.Decision("r", digest, "h"); ok != want {
 				t.Errorf("decision for %s kept = %v, want %v", digest, ok, want)
@@ -438,5 +449,39 @@ func TestPanicIsDamageOnlyInsideBbolt(t *testing.T) {
 	}
 	if s, err := Open(filepath.Dir(s.Path())); err != nil || s.Len() != 1 {
 		t.Fatalf("reopen: %v, %d decisions; want the decision kept", err, s.Len())
+	}
+}
+
+// A tag's last allowed digest survives a restart; an unchanged tag costs no write.
+func TestTags(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	s := mustOpen(t, dir)
+	at := time.Unix(1700000000, 0)
+	if err := s.PutTag("r.example.com/a:v1", "sha256:one", at); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(s.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutTag("r.example.com/a:v1", "sha256:one", at.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if after, err := os.Stat(s.Path()); err != nil || !after.ModTime().Equal(before.ModTime()) {
+		t.Errorf("an unchanged tag was written again (%v)", err)
+	}
+	if err := s.PutTag("r.example.com/a:v2", "sha256:two", at); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*Store{s, mustOpen(t, dir)} {
+		for ref, want := range map[string]string{"r.example.com/a:v1": "sha256:one", "r.example.com/a:v2": "sha256:two"} {
+			if got, ok := st.Tag(ref); !ok || got.Digest != want || !got.At.Equal(at) {
+				t.Errorf("Tag(%s) = %+v, %v; want %s at %v", ref, got, ok, want, at)
+			}
+		}
+	}
+	if _, ok := s.Tag("r.example.com/a:v3"); ok {
+		t.Error("Tag of a tag never recorded")
 	}
 }
