@@ -4,11 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"text/tabwriter"
 	"time"
 
@@ -26,19 +24,15 @@ import (
 // audit lists the runtime's images with their decision under the configuration's policy, from
 // the state pullgate keeps, without asking any registry. It reads the state while the daemon
 // runs, so an administrator can see what a rule would deny before switching it to enforce.
-func audit(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+func audit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("audit", "audit [--config FILE] [--namespace NS] [--output table|json]")
 	configPath := fs.String("config", config.DefaultPath, "configuration file with the policies")
 	runtimeEndpoint := fs.String("runtime-endpoint", "", "override runtimeEndpoint: unix:///path.sock")
 	stateDir := fs.String("state-dir", "", "override stateDir")
 	namespace := fs.String("namespace", "", "decide for this pod namespace (default: a decision that holds in every namespace)")
 	output := fs.String("output", "table", "table or json")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: pullgate audit [--config FILE] [--namespace NS] [--output table|json]")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	if fs.NArg() != 0 || (*output != "table" && *output != "json") {
 		fs.Usage()
@@ -58,7 +52,7 @@ func audit(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	st, err := state.Open(cfg.StateDir, state.ReadOnly(), state.WithLogger(logger))
 	if err != nil {
 		return err

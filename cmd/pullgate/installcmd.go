@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -29,7 +30,7 @@ func (f *installFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.kubeletSettle, "kubelet-settle", install.DefaultSettle, "how long kubelet's healthz must answer 200 without a break to count as healthy")
 }
 
-func (f *installFlags) installer(opts ...install.Option) *install.Installer {
+func (f *installFlags) installer(stderr io.Writer, opts ...install.Option) *install.Installer {
 	var systemctl install.Systemctl = install.Command{"systemctl"}
 	if f.hostRoot != "/" {
 		systemctl = install.HostSystemctl{Root: f.hostRoot}
@@ -37,12 +38,12 @@ func (f *installFlags) installer(opts ...install.Option) *install.Installer {
 	if f.systemctl != "" {
 		systemctl = install.Command(strings.Fields(f.systemctl))
 	}
-	opts = append(opts, install.WithKubeletConfig(f.kubeletConfig), install.WithProc(f.proc), install.WithKubeletHealth(install.HTTPHealth(f.healthz, f.kubeletSettle)), install.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, nil))))
+	opts = append(opts, install.WithKubeletConfig(f.kubeletConfig), install.WithProc(f.proc), install.WithKubeletHealth(install.HTTPHealth(f.healthz, f.kubeletSettle)), install.WithLogger(slog.New(slog.NewTextHandler(stderr, nil))))
 	return install.New(f.hostRoot, systemctl, opts...)
 }
 
-func installCmd(args []string) error {
-	fs := flag.NewFlagSet("install", flag.ContinueOnError)
+func installCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("install", "install [--config FILE] [--keys DIR] [--runtime-service] [flags]")
 	var f installFlags
 	f.register(fs)
 	var src install.Sources
@@ -51,8 +52,8 @@ func installCmd(args []string) error {
 	fs.StringVar(&src.Keys, "keys", "", "directory whose files are installed in "+install.KeysDir)
 	runtimeService := fs.Bool("runtime-service", false, "point kubelet's containerRuntimeEndpoint at pullgate too")
 	probeTimeout := fs.Duration("probe-timeout", time.Minute, "how long pullgate may take to answer on its socket")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	if src.Binary == "" {
 		exe, err := os.Executable()
@@ -67,17 +68,17 @@ func installCmd(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return f.installer(opts...).Install(ctx, src)
+	return f.installer(stderr, opts...).Install(ctx, src)
 }
 
-func uninstallCmd(args []string) error {
-	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
+func uninstallCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("uninstall", "uninstall [flags]")
 	var f installFlags
 	f.register(fs)
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	return f.installer(install.WithTimeouts(time.Minute, f.kubeletTimeout)).Uninstall(ctx)
+	return f.installer(stderr, install.WithTimeouts(time.Minute, f.kubeletTimeout)).Uninstall(ctx)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"runtime/debug"
 
@@ -26,44 +27,79 @@ commands:
   version        print the version
 `
 
-func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// run runs the command in args and returns pullgate's exit status: 0 on success (and for
+// --help), 2 for a usage mistake, 1 for any other failure; verify has its own.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
 	}
 	var err error
-	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	switch cmd, args := args[0], args[1:]; cmd {
 	case "serve":
-		err = serve(args)
+		err = serve(args, stdout, stderr)
 	case "verify":
-		os.Exit(verifyImage(args, os.Stdout))
+		return verifyImage(args, stdout, stderr)
 	case "audit":
-		err = audit(args, os.Stdout)
+		err = audit(args, stdout, stderr)
 	case "check-config":
-		err = checkConfig(args)
+		err = checkConfig(args, stdout, stderr)
 	case "install":
-		err = installCmd(args)
+		err = installCmd(args, stdout, stderr)
 	case "uninstall":
-		err = uninstallCmd(args)
+		err = uninstallCmd(args, stdout, stderr)
 	case "version", "--version":
-		fmt.Println("pullgate", versionString())
+		err = versionCmd(args, stdout, stderr)
 	case "help", "-h", "--help":
-		fmt.Print(usage)
+		fmt.Fprint(stdout, usage)
 	default:
-		fmt.Fprintf(os.Stderr, "pullgate: unknown command %q\n\n%s", cmd, usage)
-		os.Exit(2)
+		fmt.Fprintf(stderr, "pullgate: unknown command %q\n\n%s", cmd, usage)
+		return 2
 	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "pullgate:", err)
-		var ue usageError
-		if errors.As(err, &ue) {
-			os.Exit(2)
-		}
-		os.Exit(1)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
 	}
+	fmt.Fprintln(stderr, "pullgate:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
 }
 
 type usageError struct{ error }
+
+// newFlags returns the flag set of a command whose usage line is synopsis.
+func newFlags(name, synopsis string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: pullgate "+synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args. -h and --help print the command's usage on stdout and return
+// flag.ErrHelp, for which pullgate exits 0, as a request for help is no mistake; other
+// mistakes print it on stderr. Later usage messages go to stderr.
+func parseFlags(fs *flag.FlagSet, args []string, stdout, stderr io.Writer) error {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(stdout)
+		fs.Usage()
+		return err
+	case err != nil:
+		fs.SetOutput(stderr)
+		fs.Usage()
+		return usageError{err}
+	}
+	fs.SetOutput(stderr)
+	return nil
+}
 
 func versionString() string {
 	if version != "" {
@@ -75,10 +111,23 @@ func versionString() string {
 	return "(devel)"
 }
 
-func checkConfig(args []string) error {
-	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+func versionCmd(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("version", "version")
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		fs.Usage()
+		return usageError{errors.New("version takes no arguments")}
+	}
+	fmt.Fprintln(stdout, "pullgate", versionString())
+	return nil
+}
+
+func checkConfig(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("check-config", "check-config [FILE] (default "+config.DefaultPath+")")
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
 	}
 	path := config.DefaultPath
 	switch fs.NArg() {
@@ -86,7 +135,8 @@ func checkConfig(args []string) error {
 	case 1:
 		path = fs.Arg(0)
 	default:
-		return usageError{errors.New("usage: pullgate check-config [FILE]")}
+		fs.Usage()
+		return usageError{errors.New("check-config takes at most one file")}
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -101,12 +151,12 @@ func checkConfig(args []string) error {
 		if j, ok := err.(interface{ Unwrap() []error }); ok {
 			problems = j.Unwrap()
 		}
-		fmt.Fprintf(os.Stderr, "%s: %d problem(s):\n", path, len(problems))
+		fmt.Fprintf(stderr, "%s: %d problem(s):\n", path, len(problems))
 		for _, p := range problems {
-			fmt.Fprintf(os.Stderr, "  - %v\n", p)
+			fmt.Fprintf(stderr, "  - %v\n", p)
 		}
 		return fmt.Errorf("%s is not valid", path)
 	}
-	fmt.Printf("%s: ok\n", path)
+	fmt.Fprintf(stdout, "%s: ok\n", path)
 	return nil
 }

@@ -2,8 +2,9 @@ package main
 
 import (
 	"context"
-	"flag"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -30,14 +31,18 @@ import (
 	"github.com/pullgate/pullgate/verify/state"
 )
 
-func serve(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+func serve(args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("serve", "serve [--config FILE] [--listen unix:///PATH] [--runtime-endpoint unix:///PATH] [--state-dir DIR]")
 	configPath := fs.String("config", config.DefaultPath, "configuration file")
 	listen := fs.String("listen", "", "override listen: unix:///path.sock")
 	runtimeEndpoint := fs.String("runtime-endpoint", "", "override runtimeEndpoint: unix:///path.sock")
 	stateDir := fs.String("state-dir", "", "override stateDir")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args, stdout, stderr); err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		fs.Usage()
+		return usageError{errors.New("serve takes no arguments")}
 	}
 	load := func() (config.Config, error) {
 		data, err := os.ReadFile(*configPath)
@@ -71,7 +76,7 @@ func serve(args []string) error {
 		return err
 	}
 	level := new(slog.LevelVar)
-	logger := newLogger(cfg.Log, level)
+	logger := newLogger(stderr, cfg.Log, level)
 	slog.SetDefault(logger)
 
 	conn, err := grpc.NewClient(cfg.RuntimeEndpoint,
@@ -236,13 +241,13 @@ func healthMux(reg *prometheus.Registry, p *proxy.Proxy) *http.ServeMux {
 	return mux
 }
 
-func newLogger(c config.Log, level *slog.LevelVar) *slog.Logger {
+func newLogger(out io.Writer, c config.Log, level *slog.LevelVar) *slog.Logger {
 	level.Set(parseLevel(c.Level))
 	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "text" {
-		return slog.New(slog.NewTextHandler(os.Stderr, opts))
+		return slog.New(slog.NewTextHandler(out, opts))
 	}
-	return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	return slog.New(slog.NewJSONHandler(out, opts))
 }
 
 func parseLevel(s string) slog.Level {

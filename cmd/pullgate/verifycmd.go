@@ -2,11 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 
 	"github.com/pullgate/pullgate/proxy/config"
 	"github.com/pullgate/pullgate/verify"
@@ -28,24 +28,24 @@ func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 // verifyImage runs the pull pipeline without a runtime: resolve, match a rule, verify, and
 // print why the image would be allowed or denied.
-func verifyImage(args []string, stdout io.Writer) int {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+func verifyImage(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("verify", "verify [--config FILE] [--namespace NS] [--auth-file FILE] IMAGE")
 	configPath := fs.String("config", config.DefaultPath, "configuration file with the policies")
 	namespace := fs.String("namespace", "", "pod namespace, for rules scoped to namespaces")
 	var authFiles stringList
 	fs.Var(&authFiles, "auth-file", "docker config.json with registry credentials (repeatable; added to auth.files)")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: pullgate verify [--config FILE] [--namespace NS] [--auth-file FILE] IMAGE")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
-		if err == nil {
-			fs.Usage()
-		}
+	switch err := parseFlags(fs, args, stdout, stderr); {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		fmt.Fprintln(stderr, "pullgate verify:", err)
+		return exitUndecided
+	case fs.NArg() != 1:
+		fs.Usage()
 		return exitUndecided
 	}
 	fail := func(err error) int {
-		fmt.Fprintln(os.Stderr, "pullgate verify:", err)
+		fmt.Fprintln(stderr, "pullgate verify:", err)
 		return exitUndecided
 	}
 	cfg, err := config.Load(*configPath)
@@ -60,7 +60,7 @@ func verifyImage(args []string, stdout io.Writer) int {
 	if err != nil {
 		return fail(err)
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	resolver := verify.NewResolver(hosts.New(cfg.RegistryConfigPath), verify.WithResolveTimeout(cfg.Verification.Timeout.Duration), verify.WithResolveLogger(logger))
 	creds, err := auth.NewKeyring(append(cfg.Auth.Files, authFiles...)).Lookup(img.Name())
 	if err != nil {
