@@ -7,7 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
+	sd "github.com/coreos/go-systemd/v22/daemon"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
@@ -39,10 +39,10 @@ func notifySystemd(ctx context.Context, logger *slog.Logger, socket string, runt
 		wait = min(2*wait, 5*time.Second)
 	}
 	ready.Store(true)
-	daemon.SdNotify(false, daemon.SdNotifyReady)
+	sd.SdNotify(false, sd.SdNotifyReady)
 	logger.Info("ready", "socket", socket)
 
-	interval, err := daemon.SdWatchdogEnabled(false)
+	interval, err := sd.SdWatchdogEnabled(false)
 	if err != nil || interval == 0 {
 		return
 	}
@@ -61,7 +61,7 @@ func notifySystemd(ctx context.Context, logger *slog.Logger, socket string, runt
 			logger.Error("own socket not served, withholding the watchdog ping", "socket", socket, "error", err)
 			continue
 		}
-		daemon.SdNotify(false, daemon.SdNotifyWatchdog)
+		sd.SdNotify(false, sd.SdNotifyWatchdog)
 	}
 }
 

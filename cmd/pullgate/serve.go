@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/activation"
-	"github.com/coreos/go-systemd/v22/daemon"
+	sd "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -33,10 +33,11 @@ import (
 
 func serve(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("serve", "serve [--config FILE] [--listen unix:///PATH] [--runtime-endpoint unix:///PATH] [--state-dir DIR]")
-	configPath := fs.String("config", config.DefaultPath, "configuration file")
-	listen := fs.String("listen", "", "override listen: unix:///path.sock")
-	runtimeEndpoint := fs.String("runtime-endpoint", "", "override runtimeEndpoint: unix:///path.sock")
-	stateDir := fs.String("state-dir", "", "override stateDir")
+	var l loader
+	fs.StringVar(&l.path, "config", config.DefaultPath, "configuration file")
+	fs.StringVar(&l.listen, "listen", "", "override listen: unix:///path.sock")
+	fs.StringVar(&l.runtimeEndpoint, "runtime-endpoint", "", "override runtimeEndpoint: unix:///path.sock")
+	fs.StringVar(&l.stateDir, "state-dir", "", "override stateDir")
 	if err := parseFlags(fs, args, stdout, stderr); err != nil {
 		return err
 	}
@@ -44,82 +45,17 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		fs.Usage()
 		return usageError{errors.New("serve takes no arguments")}
 	}
-	load := func() (config.Config, error) {
-		data, err := os.ReadFile(*configPath)
-		if err != nil {
-			return config.Config{}, err
-		}
-		c, err := config.Parse(data)
-		if err != nil {
-			return config.Config{}, fmt.Errorf("%s: %w", *configPath, err)
-		}
-		if *listen != "" {
-			c.Listen = *listen
-		}
-		if *runtimeEndpoint != "" {
-			c.RuntimeEndpoint = *runtimeEndpoint
-		}
-		if *stateDir != "" {
-			c.StateDir = *stateDir
-		}
-		if err := c.Validate(); err != nil {
-			return config.Config{}, fmt.Errorf("%s: %w", *configPath, err)
-		}
-		return c, nil
-	}
 	// Caught from the start: SIGHUP's default action would end a pullgate reloaded while it
 	// starts.
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	cfg, err := load()
+	d, err := newDaemon(l.load, stderr)
 	if err != nil {
 		return err
 	}
-	level := new(slog.LevelVar)
-	logger := newLogger(stderr, cfg.Log, level)
+	defer d.conn.Close()
+	cfg, logger, p := d.started, d.logger, d.proxy
 	slog.SetDefault(logger)
-
-	conn, err := grpc.NewClient(cfg.RuntimeEndpoint,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(proxy.MaxMessageSize), grpc.MaxCallSendMsgSize(proxy.MaxMessageSize)),
-		// Reconnect quickly when the runtime restarts: kubelet keeps calling meanwhile.
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}, MinConnectTimeout: time.Second}),
-	)
-	if err != nil {
-		return fmt.Errorf("runtime endpoint %s: %w", cfg.RuntimeEndpoint, err)
-	}
-	defer conn.Close()
-	store, err := proxy.NewImageStore(conn, cfg.ContainerdNamespace)
-	if err != nil {
-		return err
-	}
-
-	policy, err := cfg.Policy()
-	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics := proxy.NewMetrics(reg)
-	resolver := verify.NewResolver(hosts.New(cfg.RegistryConfigPath), verify.WithResolveTimeout(cfg.Verification.Timeout.Duration), verify.WithResolveLogger(logger))
-	opts := []proxy.Option{proxy.WithLogger(logger), proxy.WithMetrics(metrics)}
-	if cfg.Auth.NodeCredentials == "fallback" {
-		opts = append(opts, proxy.WithKeyring(auth.NewKeyring(cfg.Auth.Files)))
-	}
-	if cfg.Verification.PresentImages() {
-		opts = append(opts, proxy.WithPresentImageChecks())
-	}
-	vopts := []verify.VerifierOption{verify.WithVerifierLogger(logger)}
-	st, err := state.Open(cfg.StateDir, state.WithLogger(logger))
-	if err != nil {
-		// Serving without the state still fails closed: images on the node count as never
-		// verified until pulled again. Refusing to serve would stop every pull on the node.
-		logger.Error("state unavailable; decisions are kept in memory only until pullgate restarts with a working stateDir", "error", err)
-	} else {
-		vopts = append(vopts, verify.WithState(st))
-	}
-	verifier := verify.NewVerifier(policy, resolver, vopts...)
-	p := proxy.New(conn, resolver, func() proxy.Verifier { return verifier }, store, opts...)
 
 	lis, err := listener(cfg.Listen)
 	if err != nil {
@@ -133,15 +69,15 @@ func serve(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("metrics address: %w", err)
 		}
-		go http.Serve(ml, healthMux(reg, p))
+		go http.Serve(ml, healthMux(d.registry, p))
 		logger.Info("metrics serving", "address", ml.Addr().String())
 	}
 
 	monitorCtx, stopMonitor := context.WithCancel(context.Background())
 	defer stopMonitor()
 	go p.MonitorUpstream(monitorCtx, 5*time.Second)
-	if st != nil {
-		go p.PruneState(monitorCtx, st, 6*time.Hour, 24*time.Hour)
+	if d.state != nil {
+		go p.PruneState(monitorCtx, d.state, 6*time.Hour, 24*time.Hour)
 	}
 
 	serveErr := make(chan error, 1)
@@ -159,50 +95,185 @@ func serve(args []string, stdout, stderr io.Writer) error {
 				// Before start-up is done, READY=1 would tell systemd too early.
 				wasReady := ready.Load()
 				if wasReady {
-					daemon.SdNotify(false, daemon.SdNotifyReloading)
+					sd.SdNotify(false, sd.SdNotifyReloading)
 				}
-				reload(logger, load, cfg, verifier, level)
+				d.reload()
 				if wasReady {
-					daemon.SdNotify(false, daemon.SdNotifyReady)
+					sd.SdNotify(false, sd.SdNotifyReady)
 				}
 				continue
 			}
-			logger.Info("shutting down", "signal", sig.String(), "grace", cfg.ShutdownGracePeriod.Duration)
-			daemon.SdNotify(false, daemon.SdNotifyStopping)
-			stopped := make(chan struct{})
-			go func() { srv.GracefulStop(); close(stopped) }()
-			select {
-			case <-stopped:
-			case <-time.After(cfg.ShutdownGracePeriod.Duration):
-				logger.Warn("grace period over, cancelling calls still running")
-				srv.Stop()
-			}
+			logger.Info("shutting down", "signal", sig.String(), "grace", d.current.ShutdownGracePeriod.Duration)
+			sd.SdNotify(false, sd.SdNotifyStopping)
+			d.shutdown(srv)
 			return nil
 		}
 	}
 }
 
-// reload applies a changed configuration file; a file that does not validate is refused whole
-// and the running configuration kept.
-func reload(logger *slog.Logger, load func() (config.Config, error), running config.Config, verifier *verify.Verifier, level *slog.LevelVar) {
+// loader reads the configuration file and applies the command line's overrides, at start and
+// on every reload.
+type loader struct {
+	path, listen, runtimeEndpoint, stateDir string
+}
+
+func (l loader) load() (config.Config, error) {
+	data, err := os.ReadFile(l.path)
+	if err != nil {
+		return config.Config{}, err
+	}
+	c, err := config.Parse(data)
+	if err != nil {
+		return config.Config{}, fmt.Errorf("%s: %w", l.path, err)
+	}
+	if l.listen != "" {
+		c.Listen = l.listen
+	}
+	if l.runtimeEndpoint != "" {
+		c.RuntimeEndpoint = l.runtimeEndpoint
+	}
+	if l.stateDir != "" {
+		c.StateDir = l.stateDir
+	}
+	if err := c.Validate(); err != nil {
+		return config.Config{}, fmt.Errorf("%s: %w", l.path, err)
+	}
+	return c, nil
+}
+
+// daemon is what serve runs: the parts a reload changes, and the configurations in effect.
+type daemon struct {
+	load func() (config.Config, error)
+	// started is the configuration pullgate started with, which restart-only fields keep;
+	// current is the last one applied.
+	started, current config.Config
+
+	logs     *logSwitch
+	logger   *slog.Logger
+	conn     *grpc.ClientConn
+	state    *state.Store // nil when stateDir cannot be used
+	registry *prometheus.Registry
+	resolver *verify.Resolver
+	verifier *verify.Verifier
+	proxy    *proxy.Proxy
+}
+
+// newDaemon loads the configuration and builds pullgate from it, logging to logOut. Nothing
+// is served yet, and the runtime is dialled only when first called.
+func newDaemon(load func() (config.Config, error), logOut io.Writer) (*daemon, error) {
 	cfg, err := load()
 	if err != nil {
-		logger.Error("configuration reload refused, keeping the running configuration", "error", err)
-		return
+		return nil, err
 	}
+	d := &daemon{load: load, started: cfg, current: cfg, logs: newLogSwitch(logOut, cfg.Log)}
+	d.logger = slog.New(d.logs.handler())
 	policy, err := cfg.Policy()
 	if err != nil {
-		logger.Error("configuration reload refused, keeping the running configuration", "error", err)
+		return nil, err
+	}
+	d.conn, err = grpc.NewClient(cfg.RuntimeEndpoint,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(proxy.MaxMessageSize), grpc.MaxCallSendMsgSize(proxy.MaxMessageSize)),
+		// Reconnect quickly when the runtime restarts: kubelet keeps calling meanwhile.
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}, MinConnectTimeout: time.Second}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("runtime endpoint %s: %w", cfg.RuntimeEndpoint, err)
+	}
+	store, err := proxy.NewImageStore(d.conn, cfg.ContainerdNamespace)
+	if err != nil {
+		d.conn.Close()
+		return nil, err
+	}
+
+	d.registry = prometheus.NewRegistry()
+	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.resolver = verify.NewResolver(hosts.New(cfg.RegistryConfigPath), verify.WithResolveTimeout(cfg.Verification.Timeout.Duration), verify.WithResolveLogger(d.logger))
+	opts := []proxy.Option{proxy.WithLogger(d.logger), proxy.WithMetrics(proxy.NewMetrics(d.registry)), proxy.WithKeyring(nodeKeyring(cfg.Auth))}
+	if cfg.Verification.PresentImages() {
+		opts = append(opts, proxy.WithPresentImageChecks())
+	}
+	vopts := []verify.VerifierOption{verify.WithVerifierLogger(d.logger)}
+	d.state, err = state.Open(cfg.StateDir, state.WithLogger(d.logger))
+	if err != nil {
+		// Serving without the state still fails closed: images on the node count as never
+		// verified until pulled again. Refusing to serve would stop every pull on the node.
+		d.logger.Error("state unavailable; decisions are kept in memory only until pullgate restarts with a working stateDir", "error", err)
+	} else {
+		vopts = append(vopts, verify.WithState(d.state))
+	}
+	d.verifier = verify.NewVerifier(policy, d.resolver, vopts...)
+	d.proxy = proxy.New(d.conn, d.resolver, func() proxy.Verifier { return d.verifier }, store, opts...)
+	return d, nil
+}
+
+// nodeKeyring is the node credentials auth configures, nil for none.
+func nodeKeyring(a config.Auth) proxy.Keyring {
+	if a.NodeCredentials == "never" {
+		return nil
+	}
+	return auth.NewKeyring(a.Files)
+}
+
+// reload applies the configuration file again; a file that does not validate is refused whole
+// and the running configuration kept. Fields that take effect only on restart are named when
+// the file changes them.
+func (d *daemon) reload() {
+	cfg, err := d.load()
+	var policy *verify.Policy
+	if err == nil {
+		policy, err = cfg.Policy()
+	}
+	if err != nil {
+		d.logger.Error("configuration reload refused, keeping the running configuration", "error", err)
 		return
 	}
-	verifier.SetPolicy(policy)
-	level.Set(parseLevel(cfg.Log.Level))
-	if cfg.Listen != running.Listen || cfg.RuntimeEndpoint != running.RuntimeEndpoint || cfg.MetricsAddress != running.MetricsAddress ||
-		cfg.RegistryConfigPath != running.RegistryConfigPath || cfg.ContainerdNamespace != running.ContainerdNamespace ||
-		cfg.StateDir != running.StateDir || cfg.Verification.PresentImages() != running.Verification.PresentImages() {
-		logger.Warn("configuration reloaded; listen, runtimeEndpoint, metricsAddress, registryConfigPath, containerdNamespace, stateDir and verification.verifyPresentImages take effect on restart")
+	// The log first, so that what follows is written as configured.
+	d.logs.set(cfg.Log)
+	d.verifier.SetPolicy(policy)
+	d.resolver.SetTimeout(cfg.Verification.Timeout.Duration)
+	d.proxy.SetKeyring(nodeKeyring(cfg.Auth))
+	d.current = cfg
+	if fields := restartOnly(d.started, cfg); len(fields) > 0 {
+		d.logger.Warn("configuration reloaded; changed fields that take effect on restart", "fields", fields)
 	}
-	logger.Info("configuration reloaded", "defaultAction", cfg.DefaultAction, "policies", len(cfg.Policies))
+	d.logger.Info("configuration reloaded", "defaultAction", cfg.DefaultAction, "policies", len(cfg.Policies))
+}
+
+// restartOnly names the fields that next changes from running but that take effect only when
+// pullgate restarts: the sockets, the state and what was registered with the gRPC server.
+func restartOnly(running, next config.Config) []string {
+	var fields []string
+	for _, f := range []struct {
+		name    string
+		changed bool
+	}{
+		{"listen", running.Listen != next.Listen},
+		{"runtimeEndpoint", running.RuntimeEndpoint != next.RuntimeEndpoint},
+		{"containerdNamespace", running.ContainerdNamespace != next.ContainerdNamespace},
+		{"registryConfigPath", running.RegistryConfigPath != next.RegistryConfigPath},
+		{"stateDir", running.StateDir != next.StateDir},
+		{"metricsAddress", running.MetricsAddress != next.MetricsAddress},
+		{"verification.verifyPresentImages", running.Verification.PresentImages() != next.Verification.PresentImages()},
+	} {
+		if f.changed {
+			fields = append(fields, f.name)
+		}
+	}
+	return fields
+}
+
+// shutdown lets calls in flight finish within the grace period of the configuration in effect,
+// then cancels them.
+func (d *daemon) shutdown(srv *grpc.Server) {
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(d.current.ShutdownGracePeriod.Duration):
+		d.logger.Warn("grace period over, cancelling calls still running")
+		srv.Stop()
+	}
 }
 
 // listener uses the socket systemd passed in (socket activation) or opens the configured one.
@@ -239,21 +310,4 @@ func healthMux(reg *prometheus.Registry, p *proxy.Proxy) *http.ServeMux {
 		fmt.Fprintln(w, "ok")
 	})
 	return mux
-}
-
-func newLogger(out io.Writer, c config.Log, level *slog.LevelVar) *slog.Logger {
-	level.Set(parseLevel(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
-	if c.Format == "text" {
-		return slog.New(slog.NewTextHandler(out, opts))
-	}
-	return slog.New(slog.NewJSONHandler(out, opts))
-}
-
-func parseLevel(s string) slog.Level {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return slog.LevelInfo
-	}
-	return l
 }
