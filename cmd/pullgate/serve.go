@@ -64,12 +64,18 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	srv := grpc.NewServer(p.ServerOptions()...)
 	p.Register(srv)
 
+	var metrics *http.Server
 	if cfg.MetricsAddress != "" {
 		ml, err := net.Listen("tcp", cfg.MetricsAddress)
 		if err != nil {
 			return fmt.Errorf("metrics address: %w", err)
 		}
-		go http.Serve(ml, healthMux(d.registry, p))
+		metrics = metricsServer(d.registry, p)
+		go func() {
+			if err := metrics.Serve(ml); !errors.Is(err, http.ErrServerClosed) {
+				logger.Error("metrics server stopped", "error", err)
+			}
+		}()
 		logger.Info("metrics serving", "address", ml.Addr().String())
 	}
 
@@ -105,7 +111,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 			}
 			logger.Info("shutting down", "signal", sig.String(), "grace", d.current.ShutdownGracePeriod.Duration)
 			sd.SdNotify(false, sd.SdNotifyStopping)
-			d.shutdown(srv)
+			d.shutdown(srv, metrics)
 			return nil
 		}
 	}
@@ -264,15 +270,24 @@ func restartOnly(running, next config.Config) []string {
 }
 
 // shutdown lets calls in flight finish within the grace period of the configuration in effect,
-// then cancels them.
-func (d *daemon) shutdown(srv *grpc.Server) {
+// then cancels them, and stops the metrics server (nil if none).
+func (d *daemon) shutdown(srv *grpc.Server, metrics *http.Server) {
+	ctx, cancel := context.WithTimeout(context.Background(), d.current.ShutdownGracePeriod.Duration)
+	defer cancel()
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(d.current.ShutdownGracePeriod.Duration):
+	case <-ctx.Done():
 		d.logger.Warn("grace period over, cancelling calls still running")
 		srv.Stop()
+	}
+	if metrics == nil {
+		return
+	}
+	// A scrape in progress gets what is left of the grace period.
+	if err := metrics.Shutdown(ctx); err != nil {
+		metrics.Close()
 	}
 }
 
@@ -294,6 +309,19 @@ func listener(endpoint string) (net.Listener, error) {
 		return nil, err
 	}
 	return proxy.Listen(path)
+}
+
+// metricsServer serves /metrics, /healthz and /readyz. Its timeouts keep a client that is
+// slow or gone from holding a connection open for good.
+func metricsServer(reg *prometheus.Registry, p *proxy.Proxy) *http.Server {
+	return &http.Server{
+		Handler:           healthMux(reg, p),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		// Well beyond /readyz's 2 s bound on asking the runtime, and a scrape.
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  2 * time.Minute,
+	}
 }
 
 func healthMux(reg *prometheus.Registry, p *proxy.Proxy) *http.ServeMux {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/emptypb"
@@ -500,8 +503,9 @@ func TestShutdownGraceFromReload(t *testing.T) {
 	go func() { callErr <- conn.Invoke(t.Context(), "/test.Slow/Call", &emptypb.Empty{}, &emptypb.Empty{}) }()
 	<-inFlight
 
+	metrics, metricsURL, metricsErr := startMetrics(t, f.d)
 	done := make(chan struct{})
-	go func() { f.d.shutdown(srv); close(done) }()
+	go func() { f.d.shutdown(srv, metrics); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
@@ -509,6 +513,67 @@ func TestShutdownGraceFromReload(t *testing.T) {
 	}
 	if err := <-callErr; err == nil {
 		t.Error("the call in flight was not cancelled")
+	}
+	select {
+	case err := <-metricsErr:
+		if !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("metrics server: %v, want it shut down", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("metrics server still serving after shutdown")
+	}
+	if resp, err := http.Get(metricsURL + "/healthz"); err == nil {
+		resp.Body.Close()
+		t.Error("metrics server still answers after shutdown")
+	}
+}
+
+// startMetrics serves d's metrics server on a loopback port, as serve does.
+func startMetrics(t *testing.T, d *daemon) (*http.Server, string, <-chan error) {
+	t.Helper()
+	srv := metricsServer(d.registry, d.proxy)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	t.Cleanup(func() { srv.Close() })
+	url := "http://" + l.Addr().String()
+	resp, err := http.Get(url + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/healthz: %s", resp.Status)
+	}
+	return srv, url, served
+}
+
+func TestMetricsServerCutsSlowHeaders(t *testing.T) {
+	t.Parallel()
+	srv := metricsServer(prometheus.NewRegistry(), nil)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Headers begun and never finished.
+	if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: pullgate\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// Before ReadTimeout, which would cut it too.
+	c.SetReadDeadline(time.Now().Add(srv.ReadHeaderTimeout + 3*time.Second))
+	var ne net.Error
+	if _, err := io.ReadAll(c); errors.As(err, &ne) && ne.Timeout() {
+		t.Errorf("connection with unfinished headers still open after %s", srv.ReadHeaderTimeout+3*time.Second)
 	}
 }
 
