@@ -62,28 +62,29 @@ func (s *syncBuffer) jsonLines(t *testing.T) []map[string]any {
 	return lines
 }
 
-// fakeRegistry answers every tag with one digest. It asks for basic auth, so that a client
-// with credentials sends them, and records who asked for manifests. With block, it never
-// answers, until the client gives up.
+// fakeRegistry answers every tag with one digest to any user with basic-auth credentials,
+// and records which users asked for manifests. With block, it never answers, until the client
+// gives up.
 type fakeRegistry struct {
 	srv *httptest.Server
 
 	mu    sync.Mutex
-	users []string // "" for a request without credentials
+	users []string
 }
 
 func newRegistry(t *testing.T, block bool) *fakeRegistry {
 	t.Helper()
 	r := &fakeRegistry{}
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		user, _, ok := req.BasicAuth()
 		switch {
 		case block:
 			<-req.Context().Done()
-		case req.URL.Path == "/v2/":
+		case !ok:
 			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
 			w.WriteHeader(http.StatusUnauthorized)
+		case req.URL.Path == "/v2/":
 		case strings.Contains(req.URL.Path, "/manifests/"):
-			user, _, _ := req.BasicAuth()
 			r.mu.Lock()
 			r.users = append(r.users, user)
 			r.mu.Unlock()
@@ -213,19 +214,19 @@ func TestReloadNodeCredentials(t *testing.T) {
 	tests := []struct {
 		name          string
 		before, after string
-		// wantBefore and wantAfter are the users the registry sees a pull come with.
+		// wantBefore and wantAfter are the users whose credentials a pull sends the registry.
 		wantBefore, wantAfter []string
 	}{{
 		name:       "switched to never",
 		before:     "auth: {files: [DIR/a.json], nodeCredentials: fallback}",
 		after:      "auth: {files: [DIR/a.json], nodeCredentials: never}",
 		wantBefore: []string{"user-a"},
-		wantAfter:  []string{""},
+		wantAfter:  nil,
 	}, {
 		name:       "switched to fallback",
 		before:     "auth: {files: [DIR/a.json], nodeCredentials: never}",
 		after:      "auth: {files: [DIR/a.json], nodeCredentials: fallback}",
-		wantBefore: []string{""},
+		wantBefore: nil,
 		wantAfter:  []string{"user-a"},
 	}, {
 		name:       "other files",
