@@ -92,6 +92,12 @@ policies:
   mode: enforce
   authorities:
   - {name: release, key: {file: %[6]s}, ignoreTransparencyLog: true}
+- name: scoped
+  images: ["%[5]s/scoped/**"]
+  namespaces: ["scoped-*"]
+  mode: enforce
+  authorities:
+  - {name: release, key: {file: %[6]s}, ignoreTransparencyLog: true}
 `, n.ctrd.Endpoint, n.ctrd.CertsDir, dir, n.reg.DockerConfig(t, dir), n.reg.Host, keyFile, n.priv.Host))
 
 	kubeletDir := t.TempDir()
@@ -314,6 +320,7 @@ func TestKubelet(t *testing.T) {
 	n := startNode(t, viaImage)
 	// First and alone: it takes the registry down.
 	t.Run("VerifiedStartsWithRegistryDownAfterRestart", n.testRegistryDown)
+	t.Run("ScopedContainerRestartsWithRegistryDown", n.testScopedRestartRegistryDown)
 	t.Run("SignedStartsWithNodeCredentials", n.testSignedNodeCredentials)
 	t.Run("SignedStartsWithKubeletCredentials", n.testSignedKubeletCredentials)
 	t.Run("UnsignedRefused", n.testUnsignedRefused)
@@ -441,6 +448,39 @@ func (n *node) testRegistryDown(t *testing.T) {
 	q := pod{name: "web", namespace: n.namespace("outage-sideloaded"), image: unverified, pullPolicy: "IfNotPresent"}
 	n.start(t, q)
 	n.waitRefused(t, q.namespace, "with RegistryUnavailable", "because the registry is unavailable: pullgate: ")
+}
+
+// An image whose rule covers only some namespaces (under defaultAction: deny) is hidden at
+// every ImageStatus, so kubelet pulls it before each container start. A container that
+// exits, restarted with the registry down and pullgate restarted, still starts: the tag stands
+// for the digest verified before, and pullgate answers from containerd's store.
+func (n *node) testScopedRestartRegistryDown(t *testing.T) {
+	img := n.reg.PushShellImage(t, "scoped/app", "v1", `echo started scoped; sleep 5; exit 1`)
+	n.reg.Sign(t, n.key, "scoped/app", manifestDigest(t, img))
+	p := pod{name: "crashing", namespace: n.namespace("scoped"), image: n.reg.Host + "/scoped/app:v1", pullPolicy: "IfNotPresent"}
+	n.start(t, p)
+	n.waitContainer(t, p.namespace, runtimeapi.ContainerState_CONTAINER_RUNNING)
+
+	// While the first run sleeps, the registry goes away and pullgate restarts.
+	n.reg.SetDown(true)
+	defer n.reg.SetDown(false)
+	n.gate.Restart()
+	deadline := time.Now().Add(podTimeout)
+	for {
+		for _, c := range n.containers(t, p.namespace) {
+			if c.Metadata.Attempt >= 1 {
+				return
+			}
+		}
+		if err := n.kubelet.Exited(); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			line, _ := n.kubelet.LogLine(func(l string) bool { return strings.Contains(l, p.namespace+"/") && strings.Contains(l, "pull") })
+			t.Fatalf("the container was not restarted with the registry down within %v; kubelet: %s", podTimeout, line)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // With Never, an image pullgate verified before starts.

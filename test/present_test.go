@@ -37,6 +37,7 @@ func TestPresentImages(t *testing.T) {
 			t.Run("CreateContainer", s.testCreateContainer)
 			t.Run("NamespaceScoped", s.testNamespaceScoped)
 			t.Run("RestartWithRegistryDown", s.testRestartWithRegistryDown)
+			t.Run("RePullWithRegistryDown", s.testRePullWithRegistryDown)
 			t.Run("PolicyChangeToNewKey", s.testPolicyChangeToNewKey)
 			t.Run("Audit", s.testAudit)
 			t.Run("StateUnavailable", s.testStateUnavailable)
@@ -163,6 +164,47 @@ func (s *presentEnv) testCreateContainer(t *testing.T) {
 }
 
 // A digest allowed under a namespace's lax rule does not pass a stricter namespace's rule.
+// A rule scoped to namespaces under defaultAction: deny hides an image at every ImageStatus
+// (it names no namespace), so kubelet pulls again before each container start. With the
+// registry down and pullgate restarted, the tag stands for the digest allowed before, which
+// containerd holds: the pull is answered from its store, by tag and by digest. A namespace the
+// rule does not cover is still denied, and a tag never pulled here still fails closed.
+func (s *presentEnv) testRePullWithRegistryDown(t *testing.T) {
+	img, _ := s.push(t, "apps/present-scoped", "v1", s.release)
+	ref := s.reg.Host + "/apps/present-scoped:v1"
+	pinned := s.reg.Host + "/apps/present-scoped@" + manifestDigest(t, img).String()
+	config := s.config("deny", s.keyRule("prod", "apps", "enforce", `  namespaces: ["prod-*"]
+`))
+	e, _ := s.startGate(t, config)
+	if _, err := e.pull(t, ref, nil, "prod-eu"); err != nil {
+		t.Fatalf("pull for prod-eu: %v", err)
+	}
+	stopGate(t, e)
+
+	s.reg.SetDown(true)
+	defer s.reg.SetDown(false)
+	e, _ = s.startGate(t, config)
+	if got := e.status(t, e.images, ref); got != nil {
+		t.Fatalf("ImageStatus(%s) = %v; want absent, the rule covers only prod-*", ref, got)
+	}
+	for _, r := range []string{ref, pinned} {
+		imageRef, err := e.pull(t, r, nil, "prod-eu")
+		if err != nil {
+			t.Fatalf("pull %s for prod-eu with the registry down: %v", r, err)
+		}
+		if want := configDigest(t, img); imageRef != want {
+			t.Errorf("image_ref = %s, want %s", imageRef, want)
+		}
+	}
+	_, err := e.pull(t, ref, nil, "dev")
+	wantCode(t, err, codes.Unknown, "SignatureValidationFailed: pullgate: "+ref+" denied: no policy matches (defaultAction: deny)")
+	_, err = e.pull(t, s.reg.Host+"/apps/present-scoped:v2", nil, "prod-eu")
+	wantCode(t, err, codes.Unknown, "RegistryUnavailable: pullgate: ")
+	if !strings.Contains(e.gate.Logs(), `"registryDown":true`) {
+		t.Errorf("pullgate did not log that it answered from the store with the registry down:\n%s", e.gate.Logs())
+	}
+}
+
 func (s *presentEnv) testNamespaceScoped(t *testing.T) {
 	lax, _ := s.push(t, "apps/present-lax", "v1", nil)
 	ref := s.reg.Host + "/apps/present-lax:v1"
