@@ -6,12 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/pullgate/pullgate/verify/auth"
 	"github.com/pullgate/pullgate/verify/hosts"
+	"github.com/pullgate/pullgate/verify/registry"
 )
 
 // Resolver turns tags into digests, asking the endpoints containerd would ask.
@@ -31,9 +30,11 @@ type Resolver struct {
 
 	flight flight[resolveKey, digest.Digest]
 
+	tokens *registry.Tokens
+
 	mu         sync.Mutex
-	transports map[transportKey]*cachedTransport
-	bases      map[baseKey]*http.Transport
+	transports *lru[transportKey, cachedTransport]
+	bases      *lru[baseKey, *registry.Transport]
 }
 
 // ResolverOption configures a Resolver.
@@ -49,7 +50,10 @@ func WithResolveLogger(l *slog.Logger) ResolverOption { return func(r *Resolver)
 
 // NewResolver returns a resolver that reads endpoint configuration from h.
 func NewResolver(h *hosts.Config, opts ...ResolverOption) *Resolver {
-	r := &Resolver{hosts: h, logger: slog.Default(), transports: map[transportKey]*cachedTransport{}, bases: map[baseKey]*http.Transport{}}
+	r := &Resolver{hosts: h, logger: slog.Default(), tokens: registry.NewTokens(maxTokens),
+		transports: newLRU[transportKey, cachedTransport](maxTransports, nil),
+		// A pool dropped may still serve a cached transport; it keeps no idle connections.
+		bases: newLRU(maxBases, func(_ baseKey, t *registry.Transport) { t.CloseIdleConnections() })}
 	r.timeout.Store(int64(30 * time.Second))
 	for _, o := range opts {
 		o(r)
@@ -124,10 +128,7 @@ func (r *Resolver) resolveAt(ctx context.Context, ep hosts.Endpoint, img Image, 
 		return "", err
 	}
 	ref := reg.Repo(img.Repository).Tag(img.Tag)
-	rt, err := r.transport(ctx, ep, reg, ref.Context(), cred)
-	if err != nil {
-		return "", err
-	}
+	rt := r.transport(ep, ref.Context(), cred)
 	desc, err := remote.Head(ref, remote.WithContext(ctx), remote.WithTransport(rt))
 	if err == nil {
 		return digest.Digest(desc.Digest.String()), nil
@@ -169,10 +170,7 @@ func (r *Resolver) Repository(ctx context.Context, img Image, cred auth.Credenti
 		return name.Repository{}, nil, err
 	}
 	repo := reg.Repo(img.Repository)
-	rt, err := r.transport(ctx, ep, reg, repo, cred)
-	if err != nil {
-		return name.Repository{}, nil, registryError(img, err)
-	}
+	rt := r.transport(ep, repo, cred)
 	return repo, []remote.Option{remote.WithContext(ctx), remote.WithTransport(rt)}, nil
 }
 
@@ -190,44 +188,34 @@ type cachedTransport struct {
 	expires time.Time
 }
 
-// transportTTL bounds how long an authenticated transport (and its bearer token, which it renews
-// on 401) is reused, so that a warm pull costs one HEAD rather than a ping, a token and a HEAD.
+// transportTTL bounds how long an authenticated transport is reused: it knows how its registry
+// asks for credentials, so that a warm pull costs one HEAD rather than a 401 and a HEAD. Its
+// bearer tokens live in the resolver's token cache, for their own lifetime.
 const transportTTL = 5 * time.Minute
 
+// Bounds on what a resolver keeps: any registry and repository named in a pod spec adds a
+// transport, each endpoint and TLS configuration (a changed hosts.toml makes a new one) a
+// connection pool, each scope and credential a token. The least recently used go first.
+const (
+	maxTransports = 1024
+	maxBases      = 256
+	maxTokens     = 1024
+)
+
 // transport returns an authenticated round tripper for one repository on one endpoint.
-func (r *Resolver) transport(ctx context.Context, ep hosts.Endpoint, reg name.Registry, repo name.Repository, cred auth.Credential) (http.RoundTripper, error) {
+func (r *Resolver) transport(ep hosts.Endpoint, repo name.Repository, cred auth.Credential) http.RoundTripper {
 	key := transportKey{ep.Scheme, ep.Host, repo.RepositoryStr(), ep.TLS, fingerprint(cred)}
 	now := time.Now()
 	r.mu.Lock()
-	if c, ok := r.transports[key]; ok && now.Before(c.expires) {
-		r.mu.Unlock()
-		return c.rt, nil
+	defer r.mu.Unlock()
+	if c, ok := r.transports.get(key); ok && now.Before(c.expires) {
+		return c.rt
 	}
-	r.mu.Unlock()
-
-	inner := transport.NewRetry(recordTransport{budgetTransport{r.base(ep)}}, transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests,
+	send := transport.NewRetry(recordTransport{budgetTransport{r.base(ep)}}, transport.WithRetryStatusCodes(http.StatusRequestTimeout, http.StatusTooManyRequests,
 		http.StatusInternalServerError, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout))
-	if ep.Scheme == "https" {
-		inner = httpsOnly{inner}
-	}
-	if len(ep.Header) > 0 {
-		inner = headerTransport{host: ep.Host, header: ep.Header, inner: inner}
-	}
-	rt, err := transport.NewWithContext(ctx, reg, cred.Authenticator(), inner, []string{repo.Scope(transport.PullScope)})
-	if err != nil {
-		return nil, err
-	}
-	r.mu.Lock()
-	if len(r.transports) > 4096 {
-		for k, c := range r.transports {
-			if now.After(c.expires) {
-				delete(r.transports, k)
-			}
-		}
-	}
-	r.transports[key] = &cachedTransport{rt: rt, expires: now.Add(transportTTL)}
-	r.mu.Unlock()
-	return rt, nil
+	rt := registry.New(ep, cred, []string{repo.Scope(transport.PullScope)}, r.tokens, send)
+	r.transports.add(key, cachedTransport{rt: rt, expires: now.Add(transportTTL)})
+	return rt
 }
 
 type baseKey struct {
@@ -235,87 +223,15 @@ type baseKey struct {
 	tls          any
 }
 
-// maxBases bounds the connection pools kept, one per endpoint and TLS configuration.
-const maxBases = 256
-
-// base returns the shared connection pool for an endpoint.
-func (r *Resolver) base(ep hosts.Endpoint) http.RoundTripper {
+// base returns the shared connection pool for an endpoint. r.mu is held.
+func (r *Resolver) base(ep hosts.Endpoint) *registry.Transport {
 	key := baseKey{ep.Scheme, ep.Host, ep.TLS}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if t, ok := r.bases[key]; ok {
+	if t, ok := r.bases.get(key); ok {
 		return t
 	}
-	if len(r.bases) >= maxBases {
-		// Each change of a hosts.toml makes new TLS settings and so a new pool: drop the old.
-		for k, t := range r.bases {
-			t.CloseIdleConnections()
-			delete(r.bases, k)
-		}
-	}
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.Proxy = nil
-	t.DialContext = (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second, Control: refuseLinkLocal}).DialContext
-	if ep.TLS != nil {
-		t.TLSClientConfig = ep.TLS
-	}
-	t.MaxIdleConnsPerHost = 16
-	r.bases[key] = t
+	t := registry.NewTransport(ep.Host, ep.TLS)
+	r.bases.add(key, t)
 	return t
-}
-
-// refuseLinkLocal keeps registry traffic, and the credentials it carries to registries and
-// their token realms, away from link-local addresses, where cloud metadata services live.
-// Checked at dial time, so a name that resolves there is caught too.
-func refuseLinkLocal(network, address string, _ syscall.RawConn) error {
-	host, _, err := net.SplitHostPort(address)
-	if err != nil {
-		return err
-	}
-	ip := net.ParseIP(host)
-	if ip != nil && (ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.Equal(alibabaMetadata) || ip.Equal(awsMetadataIPv6)) {
-		return fmt.Errorf("refusing to connect to link-local or metadata address %s", host)
-	}
-	return nil
-}
-
-var (
-	alibabaMetadata = net.ParseIP("100.100.100.200")
-	awsMetadataIPv6 = net.ParseIP("fd00:ec2::254")
-)
-
-// httpsOnly refuses plain HTTP on an https endpoint. go-containerregistry falls back to http for
-// registries on loopback and private addresses, which would let anyone on the path downgrade the
-// connection and read the credentials.
-type httpsOnly struct{ inner http.RoundTripper }
-
-func (h httpsOnly) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Scheme != "https" {
-		if req.Body != nil {
-			req.Body.Close()
-		}
-		return nil, fmt.Errorf("refusing %s to %s: the endpoint is configured for https", req.URL.Scheme, req.URL.Host)
-	}
-	return h.inner.RoundTrip(req)
-}
-
-// headerTransport adds hosts.toml's headers to requests for the endpoint itself, never to the
-// token realms or blob stores it sends clients to: such headers often carry secrets.
-type headerTransport struct {
-	host   string
-	header http.Header
-	inner  http.RoundTripper
-}
-
-func (h headerTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if req.URL.Host != h.host {
-		return h.inner.RoundTrip(req)
-	}
-	req = req.Clone(req.Context())
-	for k, v := range h.header {
-		req.Header[k] = v
-	}
-	return h.inner.RoundTrip(req)
 }
 
 // fingerprint identifies a credential in memory without keeping it as a map key.
