@@ -476,8 +476,13 @@ func (n *node) testScopedRestartRegistryDown(t *testing.T) {
 			t.Fatal(err)
 		}
 		if time.Now().After(deadline) {
-			line, _ := n.kubelet.LogLine(func(l string) bool { return strings.Contains(l, p.namespace+"/") && strings.Contains(l, "pull") })
-			t.Fatalf("the container was not restarted with the registry down within %v; kubelet: %s", podTimeout, line)
+			var last string
+			for _, l := range strings.Split(n.kubelet.Log(), "\n") {
+				if strings.Contains(l, p.namespace+"/") && strings.Contains(l, "ull") {
+					last = l
+				}
+			}
+			t.Fatalf("the container was not restarted with the registry down within %v; kubelet's last word on pulling it: %s", podTimeout, last)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
