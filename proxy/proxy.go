@@ -52,10 +52,8 @@ type Proxy struct {
 	verifier    func() Verifier
 	tagger      Tagger
 
+	// keyring holds the node credentials; SetKeyring turns them on and off while pulls run.
 	keyring nodeKeyring
-	// nodeCredentials stays true: whether node credentials are used is the keyring's to say,
-	// as SetKeyring can turn them on and off while pulls run.
-	nodeCredentials bool
 	// gate checks images already in the store at ImageStatus and CreateContainer.
 	gate    bool
 	logger  *slog.Logger
@@ -108,8 +106,6 @@ func New(upstream grpc.ClientConnInterface, resolver Resolver, verifier func() V
 		verifier:    verifier,
 		tagger:      tagger,
 		logger:      slog.Default(),
-
-		nodeCredentials: true,
 	}
 	for _, o := range opts {
 		o(p)

@@ -197,9 +197,6 @@ func (p *Proxy) credentials(img verify.Image, a *runtimeapi.AuthConfig) ([]auth.
 		}
 		return []auth.Credential{c}, nil
 	}
-	if !p.nodeCredentials {
-		return []auth.Credential{{}}, nil
-	}
 	creds, err := p.keyring.Lookup(img.Name())
 	if err != nil {
 		// A broken entry in one file must not stop the node's other credentials from working.

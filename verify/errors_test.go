@@ -13,11 +13,15 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	protocommon "github.com/sigstore/protobuf-specs/gen/pb-go/common/v1"
+	"github.com/sigstore/sigstore-go/pkg/sign"
 
 	"github.com/pullgate/pullgate/verify/auth"
 )
@@ -201,5 +205,37 @@ func pushRaw(t *testing.T, reg http.Handler, repo, tag, body string) {
 	reg.ServeHTTP(w, req)
 	if w.Code != http.StatusCreated {
 		t.Fatalf("push %s:%s: %d %s", repo, tag, w.Code, w.Body)
+	}
+}
+
+// A deadline that passes while signatures are read is no verdict on the image, even where the
+// reading went on without what the deadline cut off: here the second of two sigstore bundles,
+// whose fetch is dropped while the first (by another key) was read.
+func TestVerifyDeadlineIsNoDenial(t *testing.T) {
+	t.Parallel()
+	var armed atomic.Bool
+	var blobs atomic.Int64
+	host := referrersRegistry(t, func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if armed.Load() && r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") && blobs.Add(1) == 2 {
+				<-r.Context().Done() // until pullgate gives up
+				return
+			}
+			h.ServeHTTP(w, r)
+		})
+	})
+	_, keyFile := ephemeralKey(t, protocommon.PublicKeyDetails_PKIX_ECDSA_P256_SHA_256)
+	other, _ := ephemeralKey(t, protocommon.PublicKeyDetails_PKIX_ECDSA_P256_SHA_256)
+	d := pushImage(t, host+"/slow/app:v1")
+	for range 2 {
+		attachBundle(t, d, signStatement(t, d, other, sign.BundleOptions{}), cosignSignPredicate)
+	}
+	armed.Store(true)
+	s := testSettings
+	s.Timeout = time.Second
+	v := newSettingsVerifier(t, s, bundleKeyRule(host+"/slow/*", keyFile, true))
+	dec, err := v.Verify(t.Context(), pullRequest(t, d, ""))
+	if err == nil || KindOf(err) != Unavailable || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Verify = %+v, %v; want the deadline, as unavailability", dec, err)
 	}
 }
