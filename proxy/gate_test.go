@@ -64,6 +64,10 @@ func TestImageStatusGate(t *testing.T) {
 		{name: "by bare image ID, not verified", gate: true, ref: strings.TrimPrefix(imageID, "sha256:"), known: refuse, asked: []string{storeRepo + "@" + tagDigest.String(), "registry.example.com/mirror/web@" + pinDigest.String()}},
 		{name: "by image ID, verified", gate: true, ref: imageID, present: true, asked: []string{storeRepo + "@" + tagDigest.String()}},
 		{name: "by a digest prefix", gate: true, ref: "sha256:cccc", known: refuse, asked: []string{storeRepo + "@" + tagDigest.String(), "registry.example.com/mirror/web@" + pinDigest.String()}},
+		// An image with no name (its tags removed, `ctr image import` of a bare config) has
+		// nothing to be verified by: whatever the verifier would say, it is absent.
+		{name: "no names in the store", gate: true, ref: imageID,
+			reply: &runtimeapi.ImageStatusResponse{Image: &runtimeapi.Image{Id: imageID, Size: 1234}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
