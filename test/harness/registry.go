@@ -9,6 +9,7 @@ import (
 	"io"
 	"log"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -43,6 +44,12 @@ type Registry struct {
 	requests Requests
 	onServe  func(*http.Request)
 	down     bool
+
+	// Set by WithTokenRealm and WithBlobRedirect.
+	realmHost, realmURL string
+	storeHost, storeURL string
+	storeSecret         string
+	upstream            http.Handler
 }
 
 // Requests counts what the registry was asked. Requests made by the harness's own push helpers
@@ -57,6 +64,14 @@ type Requests struct {
 	BlobGETs     map[string]int
 	Unauthorized int // requests answered 401, on /v2/ or /token
 	Tokens       int // tokens issued by /token (token mode)
+	// TokensBy counts the tokens issued by the requester's User-Agent product, lower case:
+	// "pullgate", "containerd".
+	TokensBy map[string]int
+	// StoreGETs counts the blob GETs the blob store of WithBlobRedirect served, by User-Agent
+	// product; StoreCredentials the requests to the store that carried an Authorization header
+	// or a cookie.
+	StoreGETs        map[string]int
+	StoreCredentials int
 }
 
 // RegistryOption configures StartRegistry.
@@ -79,6 +94,24 @@ func WithTokenAuth() RegistryOption {
 	return func(r *Registry) { r.tokenAuth = true }
 }
 
+// WithTokenRealm serves the token service of WithTokenAuth on another host, as registries that
+// delegate their authentication do, and names it in the registry's challenges. A loopback host
+// (on Linux all of 127.0.0.0/8 answers, so "127.0.0.2") gets a listener on a port of its own;
+// any other host is only named, as http://HOST/token, and nothing listens there: tests talk to
+// loopback only, and use it to check what clients refuse. The push helpers keep using the
+// registry's own token endpoint.
+func WithTokenRealm(host string) RegistryOption {
+	return func(r *Registry) { r.realmHost = host }
+}
+
+// WithBlobRedirect makes the registry answer authorized blob GETs (not the push helpers') with a
+// 307 to a blob store on host, with a signed URL as object stores give, the way registries
+// backed by S3 or GCS do. The store serves blobs to any request that has the signature and
+// counts them in StoreGETs. As with WithTokenRealm, a host that is not loopback is only named.
+func WithBlobRedirect(host string) RegistryOption {
+	return func(r *Registry) { r.storeHost = host }
+}
+
 // setupHeader marks the push helpers' requests so that they are not counted.
 const setupHeader = "X-Pullgate-Harness-Setup"
 
@@ -98,6 +131,7 @@ func StartRegistry(t T, opts ...RegistryOption) *Registry {
 	r.Reset()
 
 	upstream := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	r.upstream = upstream
 	mux := http.NewServeMux()
 	mux.HandleFunc("/token", r.serveToken)
 	mux.Handle("/v2/", r.authenticate(upstream))
@@ -105,6 +139,15 @@ func StartRegistry(t T, opts ...RegistryOption) *Registry {
 	t.Cleanup(srv.Close)
 	r.URL = srv.URL
 	r.Host = strings.TrimPrefix(srv.URL, "http://")
+	if r.realmHost != "" {
+		realmMux := http.NewServeMux()
+		realmMux.HandleFunc("/token", r.serveToken)
+		r.realmURL = serveOn(t, r.realmHost, r.outage(realmMux)) + "/token"
+	}
+	if r.storeHost != "" {
+		r.storeSecret = randomHex(8)
+		r.storeURL = serveOn(t, r.storeHost, r.outage(http.HandlerFunc(r.serveStore)))
+	}
 	return r
 }
 
@@ -116,6 +159,8 @@ func (r *Registry) Requests() Requests {
 	s.ManifestHEAD = maps.Clone(s.ManifestHEAD)
 	s.ManifestGET = maps.Clone(s.ManifestGET)
 	s.BlobGETs = maps.Clone(s.BlobGETs)
+	s.TokensBy = maps.Clone(s.TokensBy)
+	s.StoreGETs = maps.Clone(s.StoreGETs)
 	return s
 }
 
@@ -156,6 +201,7 @@ func (r *Registry) Reset() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.requests = Requests{ManifestHEAD: map[string]int{}, ManifestGET: map[string]int{}, BlobGETs: map[string]int{}}
+	r.requests.TokensBy, r.requests.StoreGETs = map[string]int{}, map[string]int{}
 }
 
 func (r *Registry) authenticate(next http.Handler) http.Handler {
@@ -176,6 +222,9 @@ func (r *Registry) authenticate(next http.Handler) http.Handler {
 			if onServe != nil {
 				onServe(req)
 			}
+		}
+		if !setup && r.redirectBlob(w, req) {
+			return
 		}
 		next.ServeHTTP(w, req)
 	})
@@ -201,6 +250,9 @@ func (r *Registry) checkUser(user, pass string) bool {
 func (r *Registry) challenge(w http.ResponseWriter, req *http.Request) {
 	if r.tokenAuth {
 		c := fmt.Sprintf(`Bearer realm="%s/token",service="%s"`, r.URL, realm)
+		if r.realmURL != "" && req.Header.Get(setupHeader) == "" { // the push helpers use the registry's own
+			c = fmt.Sprintf(`Bearer realm="%s",service="%s"`, r.realmURL, realm)
+		}
 		if repo, _, _ := splitPath(req.URL.Path); repo != "" {
 			action := "pull"
 			if req.Method != http.MethodGet && req.Method != http.MethodHead {
@@ -250,6 +302,7 @@ func (r *Registry) serveToken(w http.ResponseWriter, req *http.Request) {
 	r.tokens[tok] = true
 	if !setup {
 		r.requests.Tokens++
+		r.requests.TokensBy[agent(req)]++
 	}
 	r.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
@@ -409,4 +462,60 @@ func (r *Registry) DockerConfig(t T, dir string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// serveOn serves h on host: on a port of its own when host is a loopback address, and
+// otherwise nowhere. It returns the server's URL.
+func serveOn(t T, host string, h http.Handler) string {
+	t.Helper()
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return "http://" + host
+	}
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Fatalf("listen on %s: %v", host, err)
+	}
+	srv := httptest.NewUnstartedServer(h)
+	srv.Listener.Close()
+	srv.Listener = l
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// redirectBlob answers a blob GET with a redirect to the blob store, when there is one.
+func (r *Registry) redirectBlob(w http.ResponseWriter, req *http.Request) bool {
+	repo, kind, ref := splitPath(req.URL.Path)
+	if r.storeURL == "" || kind != "blobs" || req.Method != http.MethodGet {
+		return false
+	}
+	http.Redirect(w, req, fmt.Sprintf("%s/blobs/%s/%s?X-Signature=%s", r.storeURL, repo, ref, r.storeSecret), http.StatusTemporaryRedirect)
+	return true
+}
+
+// serveStore is the blob store: /blobs/REPO/DIGEST with the signature the registry gave.
+func (r *Registry) serveStore(w http.ResponseWriter, req *http.Request) {
+	if req.Header.Get("Authorization") != "" || req.Header.Get("Cookie") != "" {
+		r.count(func(c *Requests) { c.StoreCredentials++ })
+	}
+	p, ok := strings.CutPrefix(req.URL.Path, "/blobs/")
+	i := strings.LastIndex(p, "/")
+	if !ok || i < 0 || req.URL.Query().Get("X-Signature") != r.storeSecret || (req.Method != http.MethodGet && req.Method != http.MethodHead) {
+		http.Error(w, "AccessDenied", http.StatusForbidden)
+		return
+	}
+	if req.Method == http.MethodGet {
+		r.count(func(c *Requests) { c.StoreGETs[agent(req)]++ })
+	}
+	r.upstream.ServeHTTP(w, httptest.NewRequest(req.Method, "/v2/"+p[:i]+"/blobs/"+p[i+1:], nil))
+}
+
+// agent is the product of a request's User-Agent, lower case: "containerd" for
+// "containerd/v2.4.2".
+func agent(req *http.Request) string {
+	ua := req.Header.Get("User-Agent")
+	if i := strings.IndexAny(ua, "/ "); i >= 0 {
+		ua = ua[:i]
+	}
+	return strings.ToLower(ua)
 }
