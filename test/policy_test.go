@@ -523,6 +523,10 @@ policies:
 			"decision: denied\n", "rule:     release-only", "digest:   " + unsigned.String(), "authority release: no cosign signature found for " + unsigned.String(),
 		}},
 		{name: "registry unreachable", image: "127.0.0.1:1/apps/app:v1", wantCode: 2, wantErr: "127.0.0.1:1"},
+		// No rule matches: denied by the name alone, the unreachable registry never asked.
+		{name: "no rule matches", image: "127.0.0.2:1/other/app:v1", wantCode: 1, want: []string{
+			"decision: denied\n", "rule:     defaultAction", "digest:   (not resolved", "reason:   no policy matches (defaultAction: deny)",
+		}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

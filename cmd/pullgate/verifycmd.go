@@ -80,6 +80,10 @@ func verifyImage(args []string, stdout, stderr io.Writer) int {
 	case d.Reason != "":
 		verdict = "allowed (warn mode: verification failed)"
 	}
+	if dgst == "" {
+		// Decided by the name alone: the registry was not asked.
+		dgst = "(not resolved: no rule needs it)"
+	}
 	fmt.Fprintf(stdout, "image:    %s\ndigest:   %s\nrule:     %s", img, dgst, d.Rule)
 	if d.Mode != "" {
 		fmt.Fprintf(stdout, " (%s)", d.Mode)
