@@ -2,6 +2,7 @@ package verify
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
@@ -28,6 +29,11 @@ func ParseImage(ref string) (Image, error) {
 		return Image{}, fmt.Errorf("invalid image reference %q: %w", ref, err)
 	}
 	img := Image{Registry: reference.Domain(named), Repository: reference.Path(named)}
+	if img.Registry == "" {
+		// A first component that is neither a valid host nor docker.io's ("my_registry.io/app"):
+		// distribution/reference then gives no registry, and containerd would pull from it.
+		return Image{}, fmt.Errorf("invalid image reference %q: %q is not a valid registry host", ref, strings.SplitN(ref, "/", 2)[0])
+	}
 	if c, ok := named.(reference.Canonical); ok {
 		img.Digest = c.Digest()
 	} else if t, ok := named.(reference.Tagged); ok {
