@@ -37,7 +37,7 @@ func parsePattern(key string) (pattern, error) {
 		}
 		return pattern{}, err
 	}
-	if u.Host == "" {
+	if u.Hostname() == "" {
 		return pattern{}, errors.New("no registry host")
 	}
 	// docker treats "/v1/" and "/v2/" after the host as the host itself, and so does kubelet.
