@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -134,18 +133,16 @@ func (e *internalEnv) testRealmAndBlobsElsewhere(t *testing.T) {
 
 // wantPullRefused checks that a pull was refused with the message naming the refusal, as a
 // definite answer (not RegistryUnavailable), fast, and that containerd never got the image.
-func wantPullRefused(t *testing.T, g *env, ref string, err error, took time.Duration, refusal string) {
+func wantPullRefused(t *testing.T, g *env, ref string, err error, refusal string) {
 	t.Helper()
-	wantCode(t, err, codes.Unknown, "")
+	// The registry sends pullgate where it may not go: a denial, not an outage.
+	wantCode(t, err, codes.Unknown, "SignatureValidationFailed: pullgate: ")
 	msg := statusMessage(err)
 	if !strings.Contains(msg, refusal) {
 		t.Errorf("PullImage(%s) = %q, want it to say %q", ref, msg, refusal)
 	}
-	if strings.HasPrefix(msg, "RegistryUnavailable:") || strings.Contains(msg, "dial tcp") {
-		t.Errorf("PullImage(%s) = %q: a refusal is a definite answer, made before any dial", ref, msg)
-	}
-	if took > 10*time.Second {
-		t.Errorf("PullImage(%s) took %s: nothing should have been waited for", ref, took)
+	if strings.Contains(msg, "dial tcp") {
+		t.Errorf("PullImage(%s) = %q: a refusal is made before any dial", ref, msg)
 	}
 	if got := g.status(t, g.direct, ref); got != nil {
 		t.Errorf("containerd has %s after a refused pull: %v", ref, got)
@@ -162,9 +159,8 @@ func (e *internalEnv) testLinkLocalRealm(t *testing.T) {
 	reg.Reset()
 	ref := reg.Host + "/apps/realm:v1"
 
-	start := time.Now()
 	_, err := g.pull(t, ref, kubeletAuth(), "default")
-	wantPullRefused(t, g, ref, err, time.Since(start), fmt.Sprintf("refusing token realm from %s to 169.254.0.1: link-local/metadata address", reg.Host))
+	wantPullRefused(t, g, ref, err, fmt.Sprintf("refusing token realm from %s to 169.254.0.1: link-local/metadata address", reg.Host))
 	if reqs := reg.Requests(); reqs.Tokens != 0 || reqs.ManifestGET["apps/realm@"+manifestDigest(t, img).String()] != 0 {
 		t.Errorf("after a refused realm the registry saw %+v", reqs)
 	}
@@ -180,9 +176,8 @@ func (e *internalEnv) testLinkLocalRedirect(t *testing.T) {
 	reg.Reset()
 	ref := reg.Host + "/apps/redirect:v1"
 
-	start := time.Now()
 	_, err := g.pull(t, ref, kubeletAuth(), "default")
-	wantPullRefused(t, g, ref, err, time.Since(start), fmt.Sprintf("refusing redirect from %s to 169.254.0.2: link-local/metadata address", reg.Host))
+	wantPullRefused(t, g, ref, err, fmt.Sprintf("refusing redirect from %s to 169.254.0.2: link-local/metadata address", reg.Host))
 	if reqs := reg.Requests(); reqs.BlobGET == 0 {
 		t.Errorf("the registry was never asked for the signature's blob: %+v", reqs)
 	}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/sigstore/cosign/v2/pkg/oci"
+
+	"github.com/pullgate/pullgate/verify/registry"
 )
 
 // Kind sorts every error of resolution and verification into what kubelet is told: the error
@@ -31,13 +33,16 @@ const (
 
 // KindOf returns the kind of err.
 func KindOf(err error) Kind {
-	var de *Denial
-	if errors.As(err, &de) {
+	var (
+		de *Denial
+		re *registry.RefusedError
+	)
+	if errors.As(err, &de) || errors.As(err, &re) {
 		return Denied
 	}
-	var re *RegistryError
-	if errors.As(err, &re) {
-		if re.Unavailable {
+	var rerr *RegistryError
+	if errors.As(err, &rerr) {
+		if rerr.Unavailable {
 			return Unavailable
 		}
 		return Failed
@@ -67,10 +72,6 @@ func (e *RegistryError) Error() string {
 	return op + " " + e.Image.String() + ": " + e.Err.Error()
 }
 func (e *RegistryError) Unwrap() error { return e.Err }
-
-func registryError(img Image, err error) error {
-	return &RegistryError{Image: img, Unavailable: unavailable(err), Err: err}
-}
 
 // Denial is something about the image itself that denies the pull rather than leaving it
 // unchecked: more to fetch than the bounds allow (an image should not need that much to prove

@@ -84,9 +84,13 @@ func TestResolveErrorKinds(t *testing.T) {
 		registry func(*testing.T) string
 		// https serves the registry with TLS and a certificate that the endpoint does not trust.
 		https bool
-		want  Kind
-		text  string
+		// mirror, when set, is a mirror tried before the registry.
+		mirror func(*testing.T) string
+		want   Kind
+		text   string
 	}{
+		{name: "mirror lacks the image, registry unreachable", registry: closedPort, mirror: func(t *testing.T) string { return newServer(t, nil).host }, want: Unavailable},
+		{name: "mirror unreachable, registry says not found", registry: func(t *testing.T) string { return newServer(t, nil).host }, mirror: closedPort, want: Failed},
 		{name: "503 beyond the retries", registry: answer(http.StatusServiceUnavailable), want: Unavailable},
 		{name: "429 beyond the retries", registry: answer(http.StatusTooManyRequests), want: Unavailable},
 		{name: "nothing listens", registry: closedPort, want: Unavailable},
@@ -115,8 +119,11 @@ func TestResolveErrorKinds(t *testing.T) {
 			t.Parallel()
 			host := tc.registry(t)
 			h := plainHTTP(t, host)
-			if tc.https {
+			switch {
+			case tc.https:
 				h = hostsDir(t, host, fmt.Sprintf("server = %q\n", "https://"+host))
+			case tc.mirror != nil:
+				h = hostsDir(t, host, fmt.Sprintf("server = %q\n[host.%q]\ncapabilities = [\"pull\", \"resolve\"]\n", "http://"+host, "http://"+tc.mirror(t)))
 			}
 			d, err := newResolver(h).Resolve(t.Context(), image(host), auth.Credential{Username: "alice", Password: "s3cret"})
 			if err == nil {
@@ -151,9 +158,10 @@ func TestVerifyErrorKinds(t *testing.T) {
 		}
 	}
 	tests := []struct {
-		name string
-		wrap func(http.Handler) http.Handler
-		want Kind
+		name   string
+		wrap   func(http.Handler) http.Handler
+		signed bool
+		want   Kind
 	}{
 		{name: "503", wrap: sigs(http.StatusServiceUnavailable), want: Unavailable},
 		{name: "429", wrap: sigs(http.StatusTooManyRequests), want: Unavailable},
@@ -167,6 +175,17 @@ func TestVerifyErrorKinds(t *testing.T) {
 				h.ServeHTTP(w, r)
 			})
 		}, want: Unavailable},
+		// The signature manifest comes, its layer (the signed payload) does not: the signature
+		// was not read, which says nothing about whether it verifies.
+		{name: "signature layer 503", wrap: func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if strings.Contains(r.URL.Path, "/blobs/") && r.Method == http.MethodGet {
+					http.Error(w, "no", http.StatusServiceUnavailable)
+					return
+				}
+				h.ServeHTTP(w, r)
+			})
+		}, signed: true, want: Unavailable},
 	}
 	key := newTestKey(t)
 	for _, tc := range tests {
@@ -174,6 +193,9 @@ func TestVerifyErrorKinds(t *testing.T) {
 			t.Parallel()
 			host := testRegistryWith(t, tc.wrap)
 			d := pushImage(t, host+"/kinds/app:v1")
+			if tc.signed {
+				key.sign(t, d, d)
+			}
 			v := newTestVerifier(t, keyRule("kinds", []string{host + "/kinds/**"}, Enforce, key))
 			dec, err := v.Verify(t.Context(), pullRequest(t, d, ""))
 			if err == nil || dec.Allowed {

@@ -89,15 +89,22 @@ func (r *Resolver) resolve(ctx context.Context, img Image, cred auth.Credential)
 	if err != nil {
 		return "", &RegistryError{Image: img, Err: err}
 	}
-	var errs []error
+	var (
+		errs []error
+		last error
+		// tried keeps an endpoint listed twice (a [host] table for the server itself) from
+		// being asked twice.
+		tried = map[string]bool{}
+	)
 	for _, ep := range eps {
-		if !ep.Resolve {
+		if !ep.Resolve || tried[ep.Scheme+"://"+ep.Host] {
 			continue
 		}
 		if ep.OverridePath != "" {
 			r.logger.Warn("skipping registry endpoint with override_path", "registry", img.Registry, "endpoint", ep.Host)
 			continue
 		}
+		tried[ep.Scheme+"://"+ep.Host] = true
 		c := cred
 		if ep.Mirror {
 			// Credentials belong to the image's registry, never to a mirror.
@@ -107,6 +114,7 @@ func (r *Resolver) resolve(ctx context.Context, img Image, cred auth.Credential)
 		if err == nil {
 			return d, nil
 		}
+		last = err
 		errs = append(errs, fmt.Errorf("%s: %w", ep.Host, err))
 		if ctx.Err() != nil {
 			break
@@ -115,7 +123,9 @@ func (r *Resolver) resolve(ctx context.Context, img Image, cred auth.Credential)
 	if len(errs) == 0 {
 		return "", &RegistryError{Image: img, Err: errors.New("no endpoint can resolve tags; check the registry's hosts.toml")}
 	}
-	return "", registryError(img, errors.Join(errs...))
+	// The last endpoint tried, the registry itself unless the deadline came first, says whether
+	// the trouble may pass: a mirror that lacks the image says nothing of the registry.
+	return "", &RegistryError{Image: img, Unavailable: unavailable(last), Err: errors.Join(errs...)}
 }
 
 func (r *Resolver) resolveAt(ctx context.Context, ep hosts.Endpoint, img Image, cred auth.Credential) (digest.Digest, error) {

@@ -324,7 +324,10 @@ func (c *checker) verify(ctx context.Context, h v1.Hash) ([]string, error) {
 		return nil, c.fetchError("attestations", err)
 	}
 	for _, spec := range c.r.attestations {
-		ok, found := checkAttestation(ctx, c.r, spec, atts, signed)
+		ok, found, err := checkAttestation(ctx, c.r, spec, atts, signed)
+		if err != nil {
+			return nil, c.fetchError("attestations", err)
+		}
 		if ok {
 			continue
 		}
@@ -349,7 +352,10 @@ func (c *checker) authorities(ctx context.Context, h v1.Hash) (bool, error) {
 	}
 	c.results = c.results[:0]
 	for _, a := range c.r.authorities {
-		res := verifySignatures(ctx, a, sigs, h, c.r, c.img)
+		res, err := verifySignatures(ctx, a, sigs, h, c.r, c.img)
+		if err != nil {
+			return false, c.fetchError("signatures", err)
+		}
 		if !res.Verified {
 			// Sigstore bundles (cosign v3's format) are fetched only when the .sig tag does not
 			// settle an authority.
@@ -427,29 +433,53 @@ func fetch(ref name.Digest, tag func(name.Reference, ...ociremote.Option) (name.
 	if max > 0 && len(list) > max {
 		return nil, &Denial{fmt.Sprintf("%d signatures stored for the image, more than the %d allowed", len(list), max)}
 	}
+	for i, sig := range list {
+		list[i] = &payloadOnce{ociSignature: sig}
+	}
 	return list, nil
 }
 
-// verifySignatures reports whether any signature verifies with authority a.
-func verifySignatures(ctx context.Context, a *authority, sigs []oci.Signature, h v1.Hash, r *rule, img Image) AuthorityResult {
+// payloadOnce reads a signature's payload, its layer in the registry, once: cosign and the
+// claim checks each ask for it. A failure to read it is the registry's, not the signature's.
+type payloadOnce struct {
+	ociSignature
+	once    sync.Once
+	payload []byte
+	err     error
+}
+
+// ociSignature names the embedded oci.Signature apart from its own Signature method.
+type ociSignature = oci.Signature
+
+func (s *payloadOnce) Payload() ([]byte, error) {
+	s.once.Do(func() { s.payload, s.err = s.ociSignature.Payload() })
+	return s.payload, s.err
+}
+
+// verifySignatures reports whether any signature verifies with authority a. An error is a
+// signature that could not be read.
+func verifySignatures(ctx context.Context, a *authority, sigs []oci.Signature, h v1.Hash, r *rule, img Image) (AuthorityResult, error) {
 	res := AuthorityResult{Name: a.name}
 	if len(sigs) == 0 {
 		res.Reason = fmt.Sprintf("no cosign signature found for %s (looked for a %s signature)", h, a.kind)
-		return res
+		return res, nil
 	}
 	co := a.opts
 	co.ClaimVerifier = claimVerifier(r.bindRepo, img)
 	var errs []string
 	for _, sig := range sigs {
+		if _, err := sig.Payload(); err != nil {
+			return res, err
+		}
 		if _, err := cosign.VerifyImageSignature(ctx, sig, h, &co); err != nil {
 			errs = append(errs, signatureError(sig, &co, err))
 			continue
 		}
 		res.Verified = true
-		return res
+		return res, nil
 	}
 	res.Reason = fmt.Sprintf("none of %d signature(s) verified with this %s: %s", len(sigs), a.kind, strings.Join(dedupe(errs), "; "))
-	return res
+	return res, nil
 }
 
 // signatureError says why sig did not verify. cosign reports a missing transparency-log proof
@@ -506,13 +536,16 @@ func claimVerifier(bindRepo bool, img Image) func(oci.Signature, v1.Hash, map[st
 
 // checkAttestation looks for an attestation of spec's predicate type under the .att tag, signed
 // by one of the rule's authorities, whose predicate satisfies spec. It returns true when one
-// does, and otherwise what was found.
-func checkAttestation(ctx context.Context, r *rule, spec *attestation, atts []oci.Signature, h v1.Hash) (bool, []string) {
+// does, and otherwise what was found. An error is an attestation that could not be read.
+func checkAttestation(ctx context.Context, r *rule, spec *attestation, atts []oci.Signature, h v1.Hash) (bool, []string, error) {
 	var found []string
 	for _, a := range r.authorities {
 		co := a.opts
 		co.ClaimVerifier = cosign.IntotoSubjectClaimVerifier
 		for _, att := range atts {
+			if _, err := att.Payload(); err != nil {
+				return false, nil, err
+			}
 			if _, err := cosign.VerifyBlobAttestation(ctx, att, h, &co); err != nil {
 				continue
 			}
@@ -523,12 +556,12 @@ func checkAttestation(ctx context.Context, r *rule, spec *attestation, atts []oc
 			}
 			ok, f := evalStatement(ctx, spec, st)
 			if ok {
-				return true, nil
+				return true, nil, nil
 			}
 			found = append(found, f)
 		}
 	}
-	return false, found
+	return false, found, nil
 }
 
 // evalStatement reports whether the verified statement st satisfies spec, and otherwise what it

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-
-	"github.com/google/go-containerregistry/pkg/authn"
 )
 
 const redacted = "<redacted>"
@@ -37,19 +35,6 @@ var (
 
 // IsZero reports whether c carries no credential at all, that is, anonymous access.
 func (c Credential) IsZero() bool { return c == Credential{} }
-
-// Authenticator returns c for go-containerregistry's transports: authn.Anonymous when c is zero.
-func (c Credential) Authenticator() authn.Authenticator {
-	if c.IsZero() {
-		return authn.Anonymous
-	}
-	return authn.FromConfig(authn.AuthConfig{
-		Username:      c.Username,
-		Password:      c.Password,
-		IdentityToken: c.IdentityToken,
-		RegistryToken: c.RegistryToken,
-	})
-}
 
 // String returns e.g. `{username: "alice", password: <redacted>}`; only the fields that are set
 // appear, and "anonymous" for the zero Credential.

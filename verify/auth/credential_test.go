@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
-
-	"github.com/google/go-containerregistry/pkg/authn"
 )
 
 const (
@@ -123,41 +121,4 @@ func TestCredentialLogValueJSON(t *testing.T) {
 	if fmt.Sprint(line.Cred) != fmt.Sprint(want) {
 		t.Errorf("logged cred = %v, want %v", line.Cred, want)
 	}
-}
-
-func TestCredentialAuthenticator(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		name string
-		cred Credential
-		want authn.AuthConfig
-	}{
-		{"basic", Credential{Username: "alice", Password: "pw"}, authn.AuthConfig{Username: "alice", Password: "pw"}},
-		{"identity token", Credential{Username: "<token>", IdentityToken: "id"}, authn.AuthConfig{Username: "<token>", IdentityToken: "id"}},
-		{"registry token", Credential{RegistryToken: "rt"}, authn.AuthConfig{RegistryToken: "rt"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			if tt.cred.IsZero() {
-				t.Fatal("IsZero() = true for a credential")
-			}
-			got, err := tt.cred.Authenticator().Authorization()
-			if err != nil {
-				t.Fatalf("Authorization: %v", err)
-			}
-			if *got != tt.want {
-				t.Errorf("Authorization() = %+v, want %+v", *got, tt.want)
-			}
-		})
-	}
-	t.Run("zero is anonymous", func(t *testing.T) {
-		t.Parallel()
-		if !(Credential{}).IsZero() {
-			t.Fatal("IsZero() = false for the zero Credential")
-		}
-		if got := (Credential{}).Authenticator(); got != authn.Anonymous {
-			t.Errorf("Authenticator() = %T, want authn.Anonymous", got)
-		}
-	})
 }
