@@ -582,15 +582,22 @@ func TestEndpointsHeader(t *testing.T) {
 	}
 }
 
-func TestEndpointsCache(t *testing.T) {
-	t.Parallel()
-	root := t.TempDir()
+// withCA writes a CA and a hosts.toml using it for registry.example.com under root, and returns
+// the hosts.toml's path.
+func withCA(t *testing.T, root string) string {
+	t.Helper()
 	hostDir := filepath.Join(root, "registry.example.com")
 	if err := os.MkdirAll(hostDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	newTestCA(t, hostDir, "one")
-	file := writeHosts(t, root, "registry.example.com", "[host.\"https://a.example.net\"]\nca = \"one-ca.pem\"\n")
+	return writeHosts(t, root, "registry.example.com", "[host.\"https://a.example.net\"]\nca = \"one-ca.pem\"\n")
+}
+
+func TestEndpointsCache(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	file := withCA(t, root)
 	c := New(root)
 
 	first, err := c.Endpoints("registry.example.com")
@@ -684,12 +691,7 @@ func TestEndpointsDefaultCached(t *testing.T) {
 func TestEndpointsCacheBounded(t *testing.T) {
 	t.Parallel()
 	root := t.TempDir()
-	hostDir := filepath.Join(root, "registry.example.com")
-	if err := os.MkdirAll(hostDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	newTestCA(t, hostDir, "one")
-	writeHosts(t, root, "registry.example.com", "[host.\"https://a.example.net\"]\nca = \"one-ca.pem\"\n")
+	withCA(t, root)
 	c := New(root)
 	first, err := c.Endpoints("registry.example.com")
 	if err != nil {

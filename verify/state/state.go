@@ -312,15 +312,7 @@ func (s *Store) PutTag(ref, digest string, at time.Time) error {
 		}
 		return tx.Bucket(tagsBucket).Put([]byte(ref), v)
 	}
-	err = s.do(false, put)
-	var ce *corruptError
-	if errors.As(err, &ce) {
-		if err := s.moveAside(err); err != nil {
-			return err
-		}
-		err = s.do(false, put)
-	}
-	if err != nil {
+	if err := s.update(put); err != nil {
 		return fmt.Errorf("state %s: write tag %s: %w", s.path, ref, err)
 	}
 	s.mu.Lock()
@@ -363,21 +355,26 @@ func (s *Store) Put(image, digest string, d Decision, ev *Evidence) error {
 		}
 		return nil
 	}
-	err = s.do(false, put)
-	var ce *corruptError
-	if errors.As(err, &ce) {
-		if err := s.moveAside(err); err != nil {
-			return err
-		}
-		err = s.do(false, put)
-	}
-	if err != nil {
+	if err := s.update(put); err != nil {
 		return fmt.Errorf("state %s: write %s@%s: %w", s.path, image, digest, err)
 	}
 	s.mu.Lock()
 	s.decisions[k] = ds
 	s.mu.Unlock()
 	return nil
+}
+
+// update writes with fn; a file found damaged is moved aside and the write made to a new one.
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	err := s.do(false, fn)
+	var ce *corruptError
+	if errors.As(err, &ce) {
+		if err := s.moveAside(err); err != nil {
+			return err
+		}
+		err = s.do(false, fn)
+	}
+	return err
 }
 
 // merge puts d in place of the decision of the same rule version, newest first.
