@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -121,7 +122,11 @@ func FuzzStateRecords(f *testing.F) {
 			t.Fatalf("no evidence stored, but Evidence gave %+v, %v", got, err)
 		}
 
-		// A new decision, and evidence, on top.
+		// A new decision, and evidence, on top. Image names come from parsed references, which
+		// are ASCII; JSON, the records' encoding, cannot keep bytes that are not UTF-8.
+		if !utf8.Valid(key) {
+			return
+		}
 		d := Decision{RuleHash: "fuzz", Rule: "apps", Mode: "enforce", Verified: true, At: time.Unix(1700000000, 0).UTC()}
 		if len(ds) > 0 {
 			d.RuleHash, d.Reason = ds[len(ds)-1].RuleHash, ds[0].Reason
