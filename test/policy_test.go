@@ -49,6 +49,7 @@ func TestPolicyEndToEnd(t *testing.T) {
 			t.Run("NamespaceScoped", p.testNamespaceScoped)
 			t.Run("Attestation", p.testAttestation)
 			t.Run("ReloadWarnToEnforce", p.testReloadWarnToEnforce)
+			t.Run("FailsClosed", p.testFailsClosed)
 		})
 	}
 }
@@ -205,6 +206,58 @@ func (p *policyEnv) testUnsignedDenied(t *testing.T) {
 }
 
 // Warn mode verifies, lets the unsigned image through, and says so in the log and metrics.
+// What a review found allowed, each now denied through pullgate: an enforce rule for "**" under
+// defaultAction: allow, a bound (maxSignatures), and a bare message-signature bundle by the
+// rule's key over the manifest, beside a real cosign v3 bundle signature, which is allowed.
+func (p *policyEnv) testFailsClosed(t *testing.T) {
+	bundleKey := harness.NewBundleKey(t)
+	bundleKeyFile := filepath.Join(p.dir, "bundle.pub")
+	if err := os.WriteFile(bundleKeyFile, bundleKey.PublicPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e := p.start(t, p.config("allow", fmt.Sprintf(`- name: bundles
+  images: ["%[1]s/closed/bundle-*"]
+  mode: enforce
+  authorities:
+  - {name: ci, key: {file: %[2]s}, ignoreTransparencyLog: true}
+- name: everything
+  images: ["**"]
+  mode: enforce
+  authorities:
+  - {name: release, key: {file: %[3]s}, ignoreTransparencyLog: true}
+verification:
+  maxSignatures: 1
+`, p.reg.Host, bundleKeyFile, p.keyFile)))
+
+	_, unsigned := p.push(t, "closed/unsigned", "v1", nil)
+	_, twice := p.push(t, "closed/twice", "v1", p.release)
+	p.reg.Sign(t, p.release, "closed/twice", twice)
+	_, blob := p.push(t, "closed/bundle-blob", "v1", nil)
+	p.reg.SignBlobBundle(t, bundleKey, "closed/bundle-blob", blob)
+	_, statement := p.push(t, "closed/bundle-statement", "v1", nil)
+	p.reg.SignBundle(t, bundleKey, "closed/bundle-statement", statement)
+
+	for _, tc := range []struct {
+		repo   string
+		digest v1.Hash
+		rule   string
+		want   string
+	}{
+		{"closed/unsigned", unsigned, "everything", "no cosign signature found"},
+		{"closed/twice", twice, "everything", "2 signatures stored for the image, more than the 1 allowed"},
+		{"closed/bundle-blob", blob, "bundles", "message signature over the manifest is not an image signature"},
+	} {
+		_, err := e.pull(t, p.reg.Host+"/"+tc.repo+":v1", nil, "default")
+		wantCode(t, err, codes.Unknown, fmt.Sprintf("SignatureValidationFailed: pullgate: %s/%s@%s denied by policy %q: ", p.reg.Host, tc.repo, tc.digest, tc.rule))
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("pull of %s: %v; want it to say %q", tc.repo, err, tc.want)
+		}
+	}
+	if _, err := e.pull(t, p.reg.Host+"/closed/bundle-statement:v1", nil, "default"); err != nil {
+		t.Errorf("pull of an image cosign v3 signed: %v", err)
+	}
+}
+
 func (p *policyEnv) testWarnMode(t *testing.T) {
 	e := p.start(t, p.config("deny", p.keyRule("observe", "warn", "warn", "")))
 	img, dgst := p.push(t, "warn/unsigned", "v1", nil)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/sigstore/cosign/v2/pkg/oci"
 	"github.com/sigstore/cosign/v2/pkg/oci/mutate"
 	ociremote "github.com/sigstore/cosign/v2/pkg/oci/remote"
@@ -175,6 +176,29 @@ func (r *Registry) SignBundle(t T, key *BundleKey, repo string, digest v1.Hash) 
 		t.Fatal(err)
 	}
 	if err := ociremote.WriteAttestationNewBundleFormat(d, bundleJSON, predicateType, ociremote.WithRemoteOptions(r.remoteOptions()...)); err != nil {
+		t.Fatalf("attach bundle to %s: %v", d, err)
+	}
+}
+
+// SignBlobBundle attaches a sigstore bundle by key holding a bare message signature over the
+// manifest of repo@digest, what `cosign sign-blob --bundle` of the manifest's bytes makes: the
+// same key, but no statement that it signs this image.
+func (r *Registry) SignBlobBundle(t T, key *BundleKey, repo string, digest v1.Hash) {
+	t.Helper()
+	d := r.digest(t, repo, digest)
+	desc, err := remote.Get(d, r.remoteOptions()...)
+	if err != nil {
+		t.Fatalf("get %s: %v", d, err)
+	}
+	b, err := sign.Bundle(&sign.PlainData{Data: desc.Manifest}, key.keypair, sign.BundleOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundleJSON, err := protojson.Marshal(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ociremote.WriteAttestationNewBundleFormat(d, bundleJSON, "", ociremote.WithRemoteOptions(r.remoteOptions()...)); err != nil {
 		t.Fatalf("attach bundle to %s: %v", d, err)
 	}
 }
