@@ -28,19 +28,35 @@ const (
 	verdictHidden = "hidden"
 )
 
-// imageStatus answers ImageStatus as the runtime does, except that an image whose digest the
-// policy does not allow in every namespace is reported absent, as a missing image is: an empty
-// reply.
+// imageStatus answers ImageStatus as the runtime does, from the replies kept since the last
+// image event when it can. With the gate, an image whose digest the policy does not allow in
+// every namespace is reported absent, as a missing image is: an empty reply.
 func (p *Proxy) imageStatus(ctx context.Context, raw *frame) (any, error) {
+	v := p.verifier()
+	key := string(raw.b)
+	kept, gen, ok := p.statuses.get(key, v)
+	if ok {
+		p.countStatus("cache")
+		if kept.verdict != "" {
+			p.countStored("ImageStatus", kept.verdict, kept.rule)
+		}
+		return &frame{kept.reply}, nil
+	}
+	p.countStatus("runtime")
 	resp, err := p.invokeRaw(ctx, runtimeapi.ImageService_ImageStatus_FullMethodName, raw)
 	if err != nil {
 		return nil, err
+	}
+	if !p.gate {
+		p.statuses.put(gen, key, statusEntry{reply: resp.b, verifier: v})
+		return resp, nil
 	}
 	var st runtimeapi.ImageStatusResponse
 	if err := proto.Unmarshal(resp.b, &st); err != nil {
 		return nil, status.Errorf(codes.Internal, "pullgate: runtime's ImageStatus reply: %v", err)
 	}
 	if st.GetImage() == nil {
+		p.statuses.put(gen, key, statusEntry{reply: resp.b, verifier: v})
 		return resp, nil
 	}
 	var req runtimeapi.ImageStatusRequest
@@ -49,9 +65,10 @@ func (p *Proxy) imageStatus(ctx context.Context, raw *frame) (any, error) {
 	}
 	ref := req.GetImage().GetImage()
 	stored := parseStored(st.GetImage())
-	d, err := p.decideStored(ctx, stored.namesFor(ref), stored, verify.Request{AllNamespaces: true})
+	d, err := p.decideStored(ctx, v, stored.namesFor(ref), stored, verify.Request{AllNamespaces: true})
 	if err != nil {
 		// The node's state could not be read: fail closed, kubelet then pulls through pullgate.
+		// Not kept: the next ImageStatus tries again.
 		p.logger.Error("image reported absent: its decision could not be read", "image", ref, "error", err)
 		p.countStored("ImageStatus", verdictHidden, "")
 		return &runtimeapi.ImageStatusResponse{}, nil
@@ -60,9 +77,11 @@ func (p *Proxy) imageStatus(ctx context.Context, raw *frame) (any, error) {
 		p.logger.Info("image reported absent: not verified under the current policy, so kubelet pulls it through pullgate",
 			"image", ref, "rule", d.Rule, "reason", d.Reason)
 		p.countStored("ImageStatus", verdictHidden, d.Rule)
+		p.statuses.put(gen, key, statusEntry{reply: []byte{}, verifier: v, verdict: verdictHidden, rule: d.Rule})
 		return &runtimeapi.ImageStatusResponse{}, nil
 	}
 	p.countStored("ImageStatus", verdictPresent, d.Rule)
+	p.statuses.put(gen, key, statusEntry{reply: resp.b, verifier: v, verdict: verdictPresent, rule: d.Rule})
 	return resp, nil
 }
 
@@ -100,7 +119,7 @@ func (p *Proxy) createContainer(ctx context.Context, raw *frame) (any, error) {
 			ref = spec.GetImage()
 		}
 		stored := parseStored(st.GetImage())
-		d, err = p.decideStored(ctx, stored.namesFor(ref), stored, base)
+		d, err = p.decideStored(ctx, p.verifier(), stored.namesFor(ref), stored, base)
 		if err != nil {
 			log.Error("container refused: its image's decision could not be read", "image", spec.GetImage(), "error", err)
 			p.countStored("CreateContainer", verdictDenied, "")
@@ -124,8 +143,7 @@ type storedDecision struct {
 
 // decideStored asks the verifier about each name's digests in the store; the first allowed
 // decides, else the first refusal is returned. base carries the namespace to decide for.
-func (p *Proxy) decideStored(ctx context.Context, names []verify.Image, st storedImage, base verify.Request) (storedDecision, error) {
-	v := p.verifier()
+func (p *Proxy) decideStored(ctx context.Context, v Verifier, names []verify.Image, st storedImage, base verify.Request) (storedDecision, error) {
 	var refused *storedDecision
 	for _, img := range names {
 		digests := st.digestsOf(img)
@@ -185,6 +203,12 @@ func outgoing(ctx context.Context) context.Context {
 		return metadata.NewOutgoingContext(ctx, md)
 	}
 	return ctx
+}
+
+func (p *Proxy) countStatus(source string) {
+	if p.metrics != nil {
+		p.metrics.statuses.WithLabelValues(source).Inc()
+	}
 }
 
 func (p *Proxy) countStored(method, verdict, rule string) {

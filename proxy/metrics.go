@@ -20,6 +20,8 @@ type Metrics struct {
 	cacheHits    prometheus.Counter
 	// stored counts the checks of images already in the store.
 	stored *prometheus.CounterVec
+	// statuses counts ImageStatus replies by where they came from.
+	statuses *prometheus.CounterVec
 	// UpstreamUp is 1 while the runtime answers.
 	UpstreamUp prometheus.Gauge
 }
@@ -53,12 +55,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pullgate_present_image_checks_total",
 			Help: "Checks of images already in the runtime's store, by method (ImageStatus, CreateContainer), verdict (present, hidden, allowed, denied) and deciding rule.",
 		}, []string{"method", "verdict", "rule"}),
+		statuses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pullgate_image_status_replies_total",
+			Help: "ImageStatus replies, by source: cache (kept since the last image event) or runtime (asked).",
+		}, []string{"source"}),
 		UpstreamUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pullgate_upstream_up",
 			Help: "1 when the runtime answered the last readiness check, else 0.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.durations, m.decisions, m.verification, m.cacheHits, m.stored, m.UpstreamUp)
+	reg.MustRegister(m.requests, m.durations, m.decisions, m.verification, m.cacheHits, m.stored, m.statuses, m.UpstreamUp)
 	return m
 }
 

@@ -65,6 +65,11 @@ func (p *Proxy) forwardUnary(ctx context.Context, method string, in grpc.ServerS
 	if err != nil {
 		return err
 	}
+	if method == runtimeapi.ImageService_RemoveImage_FullMethodName {
+		// containerd's CRI has dropped the image before it answers; its event may reach
+		// pullgate only after the caller's next ImageStatus.
+		p.statuses.drop()
+	}
 	return in.SendMsg(resp)
 }
 

@@ -51,13 +51,18 @@ type Proxy struct {
 	resolver    Resolver
 	verifier    func() Verifier
 	tagger      Tagger
+	// holder, when set, lets a pull of an image the runtime already holds unpacked be answered
+	// without the runtime.
+	holder Holder
 
 	// keyring holds the node credentials; SetKeyring turns them on and off while pulls run.
 	keyring nodeKeyring
 	// gate checks images already in the store at ImageStatus and CreateContainer.
-	gate    bool
-	logger  *slog.Logger
-	metrics *Metrics
+	gate bool
+	// statuses keeps ImageStatus replies while WatchImages runs.
+	statuses *statuses
+	logger   *slog.Logger
+	metrics  *Metrics
 }
 
 // Option configures a Proxy.
@@ -89,6 +94,10 @@ func (n *nodeKeyring) Lookup(image string) ([]auth.Credential, error) {
 // image the pod's rule does not allow.
 func WithPresentImageChecks() Option { return func(p *Proxy) { p.gate = true } }
 
+// WithHeldImages answers a pull by tag whose digest, resolved and allowed, the runtime already
+// holds unpacked (h says so) with that image, without asking the runtime to pull it again.
+func WithHeldImages(h Holder) Option { return func(p *Proxy) { p.holder = h } }
+
 // WithLogger sets the logger for decisions.
 func WithLogger(l *slog.Logger) Option { return func(p *Proxy) { p.logger = l } }
 
@@ -106,6 +115,7 @@ func New(upstream grpc.ClientConnInterface, resolver Resolver, verifier func() V
 		verifier:    verifier,
 		tagger:      tagger,
 		logger:      slog.Default(),
+		statuses:    newStatuses(statusMaxAge, statusEntries),
 	}
 	for _, o := range opts {
 		o(p)
@@ -132,12 +142,11 @@ func (p *Proxy) ServerOptions() []grpc.ServerOption {
 // the runtime through the unknown-service handler.
 func (p *Proxy) Register(s *grpc.Server) {
 	images := imageServiceDesc
-	if !p.gate {
-		s.RegisterService(&images, p)
-		return
-	}
 	images.Methods = append(slices.Clone(images.Methods), rawMethod("ImageStatus", p.imageStatus, images.ServiceName))
 	s.RegisterService(&images, p)
+	if !p.gate {
+		return
+	}
 	s.RegisterService(&grpc.ServiceDesc{
 		ServiceName: "runtime.v1.RuntimeService",
 		HandlerType: (*any)(nil),

@@ -26,6 +26,10 @@ func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest)
 	log := p.logger.With("image", ref, "namespace", req.GetSandboxConfig().GetMetadata().GetNamespace(), "pod", req.GetSandboxConfig().GetMetadata().GetName())
 
 	resp, d, err := p.pull(ctx, req)
+	if err == nil {
+		// The image may have been hidden for want of a decision it has now.
+		p.statuses.drop()
+	}
 	attrs := []any{"duration", time.Since(start)}
 	if d.resolve > 0 {
 		attrs = append(attrs, "resolveDuration", d.resolve)
@@ -42,7 +46,10 @@ func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest)
 	if d.verify > 0 {
 		attrs = append(attrs, "verifyDuration", d.verify, "cached", d.cached, "shared", d.shared)
 	}
-	if d.local {
+	if d.held {
+		attrs = append(attrs, "alreadyPresent", true)
+	}
+	if d.recalled {
 		attrs = append(attrs, "registryDown", true)
 	}
 	switch {
@@ -83,9 +90,9 @@ type outcome struct {
 	mode    verify.Mode
 	cached  bool
 	shared  bool
-	// local is set when the pull was answered from the image the runtime holds, the registry
-	// being down.
-	local bool
+	// held is set when the pull was answered from the image the runtime holds, without
+	// asking it to pull; recalled when that was because the registry is down.
+	held, recalled bool
 	// resolve, verify and runtime are the time spent asking the registry, checking the policy
 	// and asking the runtime, so that pullgate's own share of a pull can be told apart.
 	resolve, verify, runtime time.Duration
@@ -129,10 +136,26 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 		case err != nil:
 			return nil, out, err
 		case ref != "":
-			out.local = true
+			out.held, out.recalled = true, true
 			return p.allowed(ctx, img, pinned, decision, &runtimeapi.PullImageResponse{ImageRef: ref}, &out)
 		case checked.Recalled != nil:
 			return nil, out, pullError(ctx, checked.Recalled)
+		}
+	}
+
+	if p.holder != nil && img.Digest == "" && req.GetImage().GetRuntimeHandler() == "" {
+		// imagePullPolicy: Always makes every container start a pull of an image the node
+		// already has. The resolve above asked the registry with this pull's credentials, which
+		// is all the runtime would do before finding it has everything. (A pull by digest made
+		// no registry request yet, and a runtime handler may name another snapshotter: those go
+		// to the runtime.)
+		id, err := p.holder.Unpacked(ctx, pinned.String())
+		switch {
+		case err != nil:
+			p.logger.Warn("could not tell whether the runtime holds the image; asking it to pull", "image", pinned.String(), "error", err)
+		case id != "":
+			out.held = true
+			return p.allowed(ctx, img, pinned, decision, &runtimeapi.PullImageResponse{ImageRef: id}, &out)
 		}
 	}
 

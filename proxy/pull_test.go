@@ -1,12 +1,15 @@
 package proxy_test
 
 import (
+	"context"
 	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -558,4 +561,98 @@ func TestPullImageRegistryDown(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fakeHolder says which pinned images the runtime holds unpacked.
+type fakeHolder struct {
+	ids map[string]string
+	err error
+
+	mu    sync.Mutex
+	asked []string
+}
+
+var _ proxy.Holder = (*fakeHolder)(nil)
+
+func (h *fakeHolder) Unpacked(_ context.Context, pinned string) (string, error) {
+	h.mu.Lock()
+	h.asked = append(h.asked, pinned)
+	h.mu.Unlock()
+	return h.ids[pinned], h.err
+}
+
+func (h *fakeHolder) seen() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.asked)
+}
+
+// A pull by tag whose resolved and allowed digest the runtime holds unpacked is answered with
+// that image, the tag recorded, without the runtime pulling; anything else goes to the runtime.
+func TestPullImageHeld(t *testing.T) {
+	t.Parallel()
+	const ref = "registry.example.com/team/app:v1"
+	pinned := "registry.example.com/team/app@" + tagDigest.String()
+	heldID := "sha256:" + strings.Repeat("d", 64)
+	held := map[string]string{pinned: heldID, "registry.example.com/team/app@" + pinDigest.String(): heldID}
+	tests := []struct {
+		name    string
+		req     *runtimeapi.PullImageRequest
+		holder  *fakeHolder
+		deny    bool
+		wantRef string
+		// wantAsked is whether the holder was asked, wantPulls the runtime's PullImage calls.
+		wantAsked bool
+		wantPulls int
+	}{
+		{name: "held", req: kubeletPull(ref, ""), holder: &fakeHolder{ids: held}, wantRef: heldID, wantAsked: true},
+		{name: "not held", req: kubeletPull(ref, ""), holder: &fakeHolder{}, wantRef: imageID, wantAsked: true, wantPulls: 1},
+		{name: "holder fails", req: kubeletPull(ref, ""), holder: &fakeHolder{ids: held, err: errors.New("content store: unavailable")},
+			wantRef: imageID, wantAsked: true, wantPulls: 1},
+		// No registry request was made with this pull's credentials yet.
+		{name: "pinned by digest", req: kubeletPull("registry.example.com/team/app@"+pinDigest.String(), ""), holder: &fakeHolder{ids: held},
+			wantRef: imageID, wantPulls: 1},
+		// A runtime handler may unpack for another snapshotter.
+		{name: "runtime handler", req: kubeletPull(ref, "kata"), holder: &fakeHolder{ids: held}, wantRef: imageID, wantPulls: 1},
+		{name: "denied", req: kubeletPull(ref, ""), holder: &fakeHolder{ids: held}, deny: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			rt := &fakeRuntime{}
+			v := &fakeVerifier{}
+			if tc.deny {
+				v.decide = func(verify.Request) (verify.Decision, error) {
+					return verify.Decision{Rule: "internal-apps", Reason: "unsigned"}, nil
+				}
+			}
+			e := start(t, setup{runtime: rt, verifier: v, opts: []proxy.Option{proxy.WithHeldImages(tc.holder)}})
+			resp, err := e.imageClient().PullImage(t.Context(), tc.req)
+			if tc.deny {
+				if !strings.HasPrefix(status.Convert(err).Message(), "SignatureValidationFailed: ") || len(tc.holder.seen()) != 0 {
+					t.Fatalf("denied pull: %v, holder asked %v; want a denial before the holder", err, tc.holder.seen())
+				}
+				return
+			}
+			if err != nil || resp.GetImageRef() != tc.wantRef {
+				t.Fatalf("PullImage = %v, %v; want image_ref %s", resp, err, tc.wantRef)
+			}
+			if asked := len(tc.holder.seen()) > 0; asked != tc.wantAsked {
+				t.Errorf("holder asked %v, want asked: %v", tc.holder.seen(), tc.wantAsked)
+			}
+			if n := len(rt.callsTo("PullImage")); n != tc.wantPulls {
+				t.Errorf("runtime asked to pull %d times, want %d", n, tc.wantPulls)
+			}
+			if img := tc.req.GetImage().GetImage(); strings.Contains(img, ":v1") {
+				if got := e.tagger.seen(); len(got) != 1 || got[0] != (tagCall{ref, pinned}) {
+					t.Errorf("tags = %v, want %s -> %s", got, ref, pinned)
+				}
+			}
+		})
+	}
+}
+
+// kubeletPull is a PullImage as kubelet sends it, with an optional runtime handler.
+func kubeletPull(image, handler string) *runtimeapi.PullImageRequest {
+	return &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: image, RuntimeHandler: handler}, SandboxConfig: sandbox}
 }

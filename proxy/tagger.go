@@ -14,11 +14,14 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// ImageStore records tags in containerd's image store, in the namespace the CRI plugin uses.
+// ImageStore is containerd's image store, in the namespace the CRI plugin uses: it records tags
+// and tells which images are ready to run.
 type ImageStore struct {
-	store     images.Store
-	cri       runtimeapi.ImageServiceClient
-	namespace string
+	client      *containerd.Client
+	store       images.Store
+	cri         runtimeapi.ImageServiceClient
+	namespace   string
+	snapshotter snapshotterName
 }
 
 var _ Tagger = (*ImageStore)(nil)
@@ -29,7 +32,7 @@ func NewImageStore(conn *grpc.ClientConn, namespace string) (*ImageStore, error)
 	if err != nil {
 		return nil, fmt.Errorf("containerd client: %w", err)
 	}
-	return &ImageStore{store: c.ImageService(), cri: runtimeapi.NewImageServiceClient(conn), namespace: namespace}, nil
+	return &ImageStore{client: c, store: c.ImageService(), cri: runtimeapi.NewImageServiceClient(conn), namespace: namespace}, nil
 }
 
 // Tag makes name point at the image the runtime stored under pinned ("repo@digest"), with

@@ -137,6 +137,8 @@ func TestEndToEnd(t *testing.T) {
 			t.Run("KubeletCredentials", e.testKubeletCredentials)
 			t.Run("WrongCredentials", e.testWrongCredentials)
 			t.Run("TagMoves", e.testTagMoves)
+			t.Run("WarmPull", e.testWarmPull)
+			t.Run("ImageStatusFollowsContainerd", e.testImageStatusFollowsContainerd)
 			t.Run("Passthrough", e.testPassthrough)
 			t.Run("BadInput", e.testBadInput)
 			t.Run("DefaultDenyAndReload", e.testDefaultDenyAndReload)
@@ -239,6 +241,122 @@ func (e *env) testTagMoves(t *testing.T) {
 	}
 	if old := e.status(t, e.images, configDigest(t, first)); old != nil && slices.Contains(old.RepoTags, ref) {
 		t.Errorf("old image still carries tag %s: %v", ref, old.RepoTags)
+	}
+}
+
+// A pull of an image the node already holds (imagePullPolicy: Always) costs the registry one
+// manifest HEAD, pullgate's resolve with the pull's credentials: containerd is not asked to pull
+// again. An image whose unpacking is incomplete still goes to containerd, which completes it.
+func (e *env) testWarmPull(t *testing.T) {
+	img := e.node.PushRandomImage(t, "team/warm", "v1")
+	ref := e.node.Host + "/team/warm:v1"
+	want := configDigest(t, img)
+	if _, err := e.pull(t, ref, nil, "default"); err != nil {
+		t.Fatal(err)
+	}
+	e.node.Reset()
+	for range 3 {
+		imageRef, err := e.pull(t, ref, nil, "default")
+		if err != nil || imageRef != want {
+			t.Fatalf("warm PullImage(%s) = %q, %v; want %s", ref, imageRef, err, want)
+		}
+	}
+	reqs := e.node.Requests()
+	pinned := "team/warm@" + manifestDigest(t, img).String()
+	if reqs.ManifestHEAD["team/warm:v1"] != 3 || reqs.ManifestHEAD[pinned]+reqs.ManifestGET[pinned]+reqs.ManifestGET["team/warm:v1"]+reqs.BlobGET != 0 {
+		t.Errorf("3 warm pulls made %+v; want 3 manifest HEADs by tag and nothing else", reqs)
+	}
+	if got := e.status(t, e.direct, ref); got == nil || got.Id != want {
+		t.Fatalf("ImageStatus(%s) on containerd = %v, want %s", ref, got, want)
+	}
+
+	e.ctrd.RemoveSnapshot(ref)
+	e.node.Reset()
+	if imageRef, err := e.pull(t, ref, nil, "default"); err != nil || imageRef != want {
+		t.Fatalf("PullImage(%s) with its snapshot removed = %q, %v; want %s", ref, imageRef, err, want)
+	}
+	if reqs := e.node.Requests(); reqs.ManifestHEAD[pinned]+reqs.ManifestGET[pinned] == 0 {
+		t.Errorf("the image's snapshot was removed, but containerd was not asked to pull it: %+v", reqs)
+	}
+	e.node.Reset()
+	if _, err := e.pull(t, ref, nil, "default"); err != nil {
+		t.Fatal(err)
+	}
+	if reqs := e.node.Requests(); reqs.ManifestHEAD[pinned]+reqs.ManifestGET[pinned] != 0 {
+		t.Errorf("containerd's pull did not complete the image's snapshot: the next pull asked it again: %+v", reqs)
+	}
+}
+
+// ImageStatus through pullgate is answered from the replies kept since containerd's last image
+// event, and follows every change: RemoveImage through pullgate at once, a removal and a re-tag
+// made straight in containerd's store as soon as pullgate has its event.
+func (e *env) testImageStatusFollowsContainerd(t *testing.T) {
+	first := e.node.PushRandomImage(t, "team/followed", "v1")
+	second := e.node.PushRandomImage(t, "team/followed", "v2")
+	ref, other := e.node.Host+"/team/followed:v1", e.node.Host+"/team/followed:v2"
+	for _, r := range []string{ref, other} {
+		if _, err := e.pull(t, r, nil, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kept := func() float64 {
+		return metrics(t, e).value(t, `pullgate_image_status_replies_total{source="cache"}`)
+	}
+	// The pulls' own records are events: replies are kept once containerd's CRI shows them.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		before := kept()
+		e.status(t, e.images, ref)
+		if kept() > before {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no ImageStatus reply was kept within 10s of the last image event")
+		}
+	}
+	before := kept()
+	for range 5 {
+		if got := e.status(t, e.images, ref); got == nil || got.Id != configDigest(t, first) {
+			t.Fatalf("ImageStatus(%s) = %v, want %s", ref, got, configDigest(t, first))
+		}
+	}
+	if n := kept() - before; n != 5 {
+		t.Errorf("5 ImageStatus of one image: %v answered from kept replies, want 5", n)
+	}
+
+	// eventually waits until ImageStatus(ref) on s has the image ID want ("" for absent).
+	eventually := func(s internalapi.ImageManagerService, what, want string) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got := e.status(t, s, ref)
+			if got.GetId() == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("ImageStatus(%s) %s = %v, want image %q", ref, what, got, want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	e.ctrd.TagImage(ref, other)
+	eventually(e.direct, "on containerd after a re-tag in its store", configDigest(t, second))
+	eventually(e.images, "through pullgate after a re-tag in containerd's store", configDigest(t, second))
+
+	e.ctrd.DeleteImage(ref)
+	eventually(e.direct, "on containerd after the record was deleted from its store", "")
+	eventually(e.images, "through pullgate after the record was deleted from containerd's store", "")
+
+	if _, err := e.pull(t, ref, nil, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.status(t, e.images, ref); got.GetId() != configDigest(t, first) {
+		t.Fatalf("ImageStatus(%s) after a pull = %v, want %s", ref, got, configDigest(t, first))
+	}
+	if err := e.images.RemoveImage(t.Context(), &runtimeapi.ImageSpec{Image: ref}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.status(t, e.images, ref); got != nil {
+		t.Errorf("ImageStatus(%s) right after RemoveImage through pullgate = %v, want absent", ref, got)
 	}
 }
 

@@ -82,6 +82,7 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	monitorCtx, stopMonitor := context.WithCancel(context.Background())
 	defer stopMonitor()
 	go p.MonitorUpstream(monitorCtx, 5*time.Second)
+	go p.WatchImages(monitorCtx, d.images)
 	if d.state != nil {
 		go p.PruneState(monitorCtx, d.state, 6*time.Hour, 24*time.Hour)
 	}
@@ -161,6 +162,7 @@ type daemon struct {
 	registry *prometheus.Registry
 	resolver *verify.Resolver
 	verifier *verify.Verifier
+	images   *proxy.ImageStore
 	proxy    *proxy.Proxy
 }
 
@@ -195,7 +197,7 @@ func newDaemon(load func() (config.Config, error), logOut io.Writer) (*daemon, e
 	d.registry = prometheus.NewRegistry()
 	d.registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d.resolver = verify.NewResolver(hosts.New(cfg.RegistryConfigPath), verify.WithResolveTimeout(cfg.Verification.Timeout.Duration), verify.WithResolveLogger(d.logger))
-	opts := []proxy.Option{proxy.WithLogger(d.logger), proxy.WithMetrics(proxy.NewMetrics(d.registry)), proxy.WithKeyring(nodeKeyring(cfg.Auth))}
+	opts := []proxy.Option{proxy.WithLogger(d.logger), proxy.WithMetrics(proxy.NewMetrics(d.registry)), proxy.WithKeyring(nodeKeyring(cfg.Auth)), proxy.WithHeldImages(store)}
 	if cfg.Verification.PresentImages() {
 		opts = append(opts, proxy.WithPresentImageChecks())
 	}
@@ -209,6 +211,7 @@ func newDaemon(load func() (config.Config, error), logOut io.Writer) (*daemon, e
 		vopts = append(vopts, verify.WithState(d.state))
 	}
 	d.verifier = verify.NewVerifier(policy, d.resolver, vopts...)
+	d.images = store
 	d.proxy = proxy.New(d.conn, d.resolver, func() proxy.Verifier { return d.verifier }, store, opts...)
 	return d, nil
 }

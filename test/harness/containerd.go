@@ -16,6 +16,11 @@ import (
 	"text/template"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/image-spec/identity"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -33,6 +38,7 @@ type Containerd struct {
 
 	t            T
 	sandboxImage string // set by WithPods
+	snapshotter  string // the CRI plugin's
 	bin          string
 	dir          string
 	config       string
@@ -113,6 +119,7 @@ func StartContainerd(t T, bin string, opts ...ContainerdOption) *Containerd {
 	if c.sandboxImage != "" {
 		data.Snapshotter = "overlayfs"
 	}
+	c.snapshotter = data.Snapshotter
 	if err := tmpl.Execute(&cfg, data); err != nil {
 		t.Fatal(err)
 	}
@@ -266,6 +273,72 @@ func (c *Containerd) Pull(ref, user, password string) {
 	if err != nil {
 		c.t.Fatalf("pull %s into containerd: %v", ref, err)
 	}
+}
+
+// RemoveSnapshot removes the snapshot of ref's top layer from the CRI plugin's snapshotter,
+// leaving the image record and its content: an image whose unpacking is incomplete.
+func (c *Containerd) RemoveSnapshot(ref string) {
+	c.t.Helper()
+	err := c.client(func(ctx context.Context, client *containerd.Client) error {
+		img, err := client.GetImage(ctx, ref)
+		if err != nil {
+			return err
+		}
+		diffs, err := img.RootFS(ctx)
+		if err != nil {
+			return err
+		}
+		return client.SnapshotService(c.snapshotter).Remove(ctx, identity.ChainID(diffs).String())
+	})
+	if err != nil {
+		c.t.Fatalf("remove the snapshot of %s: %v", ref, err)
+	}
+}
+
+// DeleteImage removes the image record name straight from containerd's image store, as
+// `ctr -n k8s.io images rm` does, around the CRI.
+func (c *Containerd) DeleteImage(name string) {
+	c.t.Helper()
+	err := c.images(func(ctx context.Context, s images.Store) error { return s.Delete(ctx, name) })
+	if err != nil {
+		c.t.Fatalf("delete image %s: %v", name, err)
+	}
+}
+
+// TagImage makes the image record name point where from's does, straight in containerd's
+// image store, as `ctr -n k8s.io images tag --force` does.
+func (c *Containerd) TagImage(name, from string) {
+	c.t.Helper()
+	err := c.images(func(ctx context.Context, s images.Store) error {
+		src, err := s.Get(ctx, from)
+		if err != nil {
+			return err
+		}
+		img := images.Image{Name: name, Target: src.Target, Labels: src.Labels}
+		_, err = s.Update(ctx, img, "target")
+		if errdefs.IsNotFound(err) {
+			_, err = s.Create(ctx, img)
+		}
+		return err
+	})
+	if err != nil {
+		c.t.Fatalf("tag %s as %s: %v", from, name, err)
+	}
+}
+
+func (c *Containerd) images(f func(context.Context, images.Store) error) error {
+	return c.client(func(ctx context.Context, client *containerd.Client) error { return f(ctx, client.ImageService()) })
+}
+
+// client calls f with containerd's own client, in the CRI plugin's namespace.
+func (c *Containerd) client(f func(context.Context, *containerd.Client) error) error {
+	return c.call(func(ctx context.Context, conn *grpc.ClientConn) error {
+		client, err := containerd.NewWithConn(conn)
+		if err != nil {
+			return err
+		}
+		return f(namespaces.WithNamespace(ctx, c.Namespace), client)
+	})
 }
 
 // call calls f with a connection to containerd and a deadline.
