@@ -16,7 +16,7 @@ export PULLGATE_BIN := $(PULLGATE)
 export PULLGATE_CONTAINERD2 := $(CONTAINERD2)
 export PULLGATE_KUBELET := $(KUBELET)
 
-.PHONY: all build image test unit e2e fuzz fuzz-brief bench demo node deps check clean
+.PHONY: all build image test unit e2e fuzz fuzz-brief bench bench-deps demo node deps check clean
 
 all: build
 
@@ -106,7 +106,13 @@ demo: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
 node: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
 	$(GO) run ./test/node $(NODE_FLAGS)
 
-bench: deps $(PULLGATE) $(CONTAINERD2) $(COSIGN)
+# Debian's registry (CNCF Distribution), which `make bench` runs with htpasswd auth. Its package
+# starts an unauthenticated registry on port 5000 as a service; that one is stopped and disabled.
+bench-deps: deps
+	@command -v docker-registry >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y docker-registry && \
+		{ systemctl disable --now docker-registry.service 2>/dev/null || true; }; }
+
+bench: bench-deps $(PULLGATE) $(CONTAINERD2) $(COSIGN)
 	COSIGN=$(COSIGN) $(GO) run ./test/bench
 
 clean:

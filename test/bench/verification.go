@@ -79,9 +79,8 @@ func benchVerification(t *harness.Program, reg *harness.Registry, configFile str
 // cosignCLI times the cosign CLI (bin/cosign, or $COSIGN) verifying ref, or returns nil when
 // it is not built.
 func cosignCLI(t *harness.Program, reg *harness.Registry, keyFile, creds, ref string, n int) samples {
-	bin := envOr("COSIGN", "bin/cosign-v2.6.5/cosign")
-	if _, err := os.Stat(bin); err != nil {
-		fmt.Fprintf(os.Stderr, "skipping the cosign CLI comparison: %s not found (make bench builds it)\n", bin)
+	bin := cosignBinary()
+	if bin == "" {
 		return nil
 	}
 	dockerDir, err := os.MkdirTemp("", "bench-docker-")
@@ -96,14 +95,34 @@ func cosignCLI(t *harness.Program, reg *harness.Registry, keyFile, creds, ref st
 	if err := os.WriteFile(filepath.Join(dockerDir, "config.json"), b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return run(t, n, func() error {
-		cmd := exec.Command(bin, "verify", "--key", keyFile, "--insecure-ignore-tlog", "--allow-http-registry", "--output", "json", ref)
-		cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+dockerDir, "TUF_ROOT="+dockerDir, "SIGSTORE_NO_CACHE=true")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("cosign verify: %v\n%s", err, out)
-		}
-		return nil
-	})
+	return run(t, n, func() error { return cosignVerify(bin, dockerDir, keyFile, ref) })
+}
+
+// cosignOnce runs the cosign CLI verifying ref once, with the docker config creds.
+func cosignOnce(t *harness.Program, keyFile, creds, ref string) {
+	dockerDir := filepath.Dir(creds)
+	if err := cosignVerify(cosignBinary(), dockerDir, keyFile, ref); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// cosignBinary is bin/cosign-VERSION/cosign, or $COSIGN, or "" when it is not built.
+func cosignBinary() string {
+	bin := envOr("COSIGN", "bin/cosign-v2.6.5/cosign")
+	if _, err := os.Stat(bin); err != nil {
+		fmt.Fprintf(os.Stderr, "skipping the cosign CLI comparison: %s not found (make bench builds it)\n", bin)
+		return ""
+	}
+	return bin
+}
+
+func cosignVerify(bin, dockerDir, keyFile, ref string) error {
+	cmd := exec.Command(bin, "verify", "--key", keyFile, "--insecure-ignore-tlog", "--allow-http-registry", "--output", "json", ref)
+	cmd.Env = append(os.Environ(), "DOCKER_CONFIG="+dockerDir, "TUF_ROOT="+dockerDir, "SIGSTORE_NO_CACHE=true")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("cosign verify: %v\n%s", err, out)
+	}
+	return nil
 }
 
 // benchConcurrentPulls sends 100 pulls of one new signed image through pullgate at once and
