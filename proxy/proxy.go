@@ -13,6 +13,7 @@ import (
 
 	"github.com/pullgate/pullgate/verify"
 	"github.com/pullgate/pullgate/verify/auth"
+	"github.com/pullgate/pullgate/verify/flight"
 )
 
 // MaxMessageSize is the gRPC message limit both ways, as kubelet and containerd use.
@@ -61,8 +62,10 @@ type Proxy struct {
 	gate bool
 	// statuses keeps ImageStatus replies while WatchImages runs.
 	statuses *statuses
-	logger   *slog.Logger
-	metrics  *Metrics
+	// runtimePulls shares the runtime's pull among concurrent pulls of one digest.
+	runtimePulls flight.Group[runtimePull, *runtimeapi.PullImageResponse]
+	logger       *slog.Logger
+	metrics      *Metrics
 }
 
 // Option configures a Proxy.

@@ -143,7 +143,7 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 		}
 	}
 
-	if p.holder != nil && img.Digest == "" && req.GetImage().GetRuntimeHandler() == "" {
+	if p.holder != nil && img.Digest == "" && runtimeHandler(req) == "" {
 		// imagePullPolicy: Always makes every container start a pull of an image the node
 		// already has. The resolve above asked the registry with this pull's credentials, which
 		// is all the runtime would do before finding it has everything. (A pull by digest made
@@ -170,7 +170,11 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 		fwd.Auth.ServerAddress = "https://" + registryServer(img.Registry)
 	}
 	runtimeStart := time.Now()
-	resp, err := p.images.PullImage(ctx, fwd)
+	// Concurrent pulls of one digest with the same credentials and snapshotter are one pull for
+	// containerd, which would otherwise resolve it at the registry once for each.
+	resp, _, err := p.runtimePulls.Do(ctx, runtimePullKey(fwd), func(ctx context.Context) (*runtimeapi.PullImageResponse, error) {
+		return p.images.PullImage(ctx, fwd)
+	})
 	out.runtime = time.Since(runtimeStart)
 	if err != nil {
 		return nil, out, err // the runtime's own error, unchanged
@@ -226,6 +230,28 @@ func (p *Proxy) credentials(img verify.Image, a *runtimeapi.AuthConfig) ([]auth.
 		p.logger.Warn("node credential files have problems", "image", img.Name(), "error", err)
 	}
 	return append(creds, auth.Credential{}), nil
+}
+
+// runtimePull is what makes two pulls the same for the runtime.
+type runtimePull struct {
+	image, auth, handler string
+}
+
+func runtimePullKey(req *runtimeapi.PullImageRequest) runtimePull {
+	a, _ := proto.MarshalOptions{Deterministic: true}.Marshal(req.GetAuth())
+	return runtimePull{req.GetImage().GetImage(), string(a), runtimeHandler(req)}
+}
+
+// runtimeHandlerAnnotation is the sandbox annotation containerd reads for the runtime handler
+// when the image spec names none (deprecated in containerd 2.x, still honoured).
+const runtimeHandlerAnnotation = "io.containerd.cri.runtime-handler"
+
+// runtimeHandler is the runtime handler the pull is for, which may choose the snapshotter.
+func runtimeHandler(req *runtimeapi.PullImageRequest) string {
+	if h := req.GetImage().GetRuntimeHandler(); h != "" {
+		return h
+	}
+	return req.GetSandboxConfig().GetAnnotations()[runtimeHandlerAnnotation]
 }
 
 // registryServer is the host containerd talks to for a registry's own endpoint.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/opencontainers/go-digest"
@@ -655,4 +656,59 @@ func TestPullImageHeld(t *testing.T) {
 // kubeletPull is a PullImage as kubelet sends it, with an optional runtime handler.
 func kubeletPull(image, handler string) *runtimeapi.PullImageRequest {
 	return &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: image, RuntimeHandler: handler}, SandboxConfig: sandbox}
+}
+
+// Concurrent pulls of one digest with the same credentials are one pull for the runtime; other
+// credentials, or another runtime handler, are pulls of their own.
+func TestPullImageSharesTheRuntimePull(t *testing.T) {
+	t.Parallel()
+	const ref = "registry.example.com/team/app:v1"
+	release := make(chan struct{})
+	rt := &fakeRuntime{fail: func(method string, _ proto.Message) error {
+		if method == "PullImage" {
+			<-release
+		}
+		return nil
+	}}
+	e := start(t, setup{runtime: rt})
+	kubeletAuth := &runtimeapi.AuthConfig{Username: "kubelet-user", Password: "kubelet-pass"}
+	pull := func(a *runtimeapi.AuthConfig, handler string) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			req := kubeletPull(ref, handler)
+			req.Auth = a
+			resp, err := e.imageClient().PullImage(t.Context(), req)
+			if err == nil && resp.GetImageRef() != imageID {
+				err = fmt.Errorf("image_ref %q, want %q", resp.GetImageRef(), imageID)
+			}
+			done <- err
+		}()
+		return done
+	}
+	const n = 5
+	var same []<-chan error
+	for range n {
+		same = append(same, pull(kubeletAuth, ""))
+	}
+	fwd := kubeletPull("registry.example.com/team/app@"+tagDigest.String(), "")
+	fwd.Auth = &runtimeapi.AuthConfig{Username: "kubelet-user", Password: "kubelet-pass", ServerAddress: "https://registry.example.com"}
+	for proxy.RuntimePullsWaiting(e.proxy, fwd) < n {
+		if len(rt.callsTo("PullImage")) > 1 {
+			t.Fatalf("%d runtime pulls for one digest and credential", len(rt.callsTo("PullImage")))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	others := []<-chan error{pull(&runtimeapi.AuthConfig{Username: "other", Password: "x"}, ""), pull(kubeletAuth, "kata")}
+	for len(rt.callsTo("PullImage")) < 3 {
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	for _, done := range append(same, others...) {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(rt.callsTo("PullImage")); got != 3 {
+		t.Errorf("runtime pulled %d times, want 3: one for the %d alike, one for other credentials, one for another runtime handler", got, n)
+	}
 }

@@ -138,6 +138,7 @@ func TestEndToEnd(t *testing.T) {
 			t.Run("WrongCredentials", e.testWrongCredentials)
 			t.Run("TagMoves", e.testTagMoves)
 			t.Run("WarmPull", e.testWarmPull)
+			t.Run("ConcurrentColdPulls", e.testConcurrentColdPulls)
 			t.Run("ImageStatusFollowsContainerd", e.testImageStatusFollowsContainerd)
 			t.Run("Passthrough", e.testPassthrough)
 			t.Run("BadInput", e.testBadInput)
@@ -284,6 +285,50 @@ func (e *env) testWarmPull(t *testing.T) {
 	}
 	if reqs := e.node.Requests(); reqs.ManifestHEAD[pinned]+reqs.ManifestGET[pinned] != 0 {
 		t.Errorf("containerd's pull did not complete the image's snapshot: the next pull asked it again: %+v", reqs)
+	}
+}
+
+// 20 pulls of one new image at once, with one credential, are one containerd pull: the
+// token-auth registry serves each object once and grants pullgate one token. (Resolves are
+// shared while one is in flight; a pull that comes after it resolves the tag again.)
+func (e *env) testConcurrentColdPulls(t *testing.T) {
+	auth := &runtimeapi.AuthConfig{Username: "kubelet", Password: "kubelet-secret-Xy7"}
+	// What one pull costs containerd itself, for comparison.
+	e.kube.PushRandomImage(t, "private/alone", "v1")
+	e.kube.Reset()
+	if _, err := e.direct.PullImage(t.Context(), &runtimeapi.ImageSpec{Image: e.kube.Host + "/private/alone:v1"}, auth, nil); err != nil {
+		t.Fatal(err)
+	}
+	alone := e.kube.Requests().TokensBy["containerd"]
+
+	img := e.kube.PushRandomImage(t, "private/crowd", "v1")
+	e.kube.Reset()
+	ref := e.kube.Host + "/private/crowd:v1"
+	errs := make(chan error, 20)
+	for range 20 {
+		go func() {
+			_, err := e.pull(t, ref, auth, "prod")
+			errs <- err
+		}()
+	}
+	for range 20 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	reqs := e.kube.Requests()
+	pinned := "private/crowd@" + manifestDigest(t, img).String()
+	if reqs.ManifestHEAD[pinned] > 1 || reqs.ManifestGET[pinned] > 1 {
+		t.Errorf("20 concurrent pulls asked for the manifest %d+%d times by digest, want at most one HEAD and one GET: %+v",
+			reqs.ManifestHEAD[pinned], reqs.ManifestGET[pinned], reqs)
+	}
+	for blob, n := range reqs.BlobGETs {
+		if n > 1 {
+			t.Errorf("blob %s served %d times", blob, n)
+		}
+	}
+	if reqs.TokensBy["pullgate"] != 1 || reqs.TokensBy["containerd"] != alone {
+		t.Errorf("tokens issued: %v, want one to pullgate and %d to containerd, as for one pull of its own", reqs.TokensBy, alone)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/pullgate/pullgate/verify/flight"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -28,7 +29,7 @@ type Resolver struct {
 	timeout atomic.Int64 // a time.Duration; SetTimeout changes it while pulls run
 	logger  *slog.Logger
 
-	flight flight[resolveKey, digest.Digest]
+	flight flight.Group[resolveKey, digest.Digest]
 
 	tokens *registry.Tokens
 

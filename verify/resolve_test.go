@@ -710,14 +710,7 @@ func TestResolveConcurrentShareOneRequest(t *testing.T) {
 	// Wait until every caller waits on the one call.
 	key := resolveKey{img.String(), fingerprint(auth.Credential{})}
 	for {
-		r.flight.mu.Lock()
-		c := r.flight.calls[key]
-		waiters := 0
-		if c != nil {
-			waiters = c.waiters
-		}
-		r.flight.mu.Unlock()
-		if waiters == n+1 {
+		if r.flight.Waiting(key) == n+1 {
 			break
 		}
 		if h := s.rec.count(http.MethodHead, "/manifests/v1"); h > 1 {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/pullgate/pullgate/verify/flight"
 	"log/slog"
 	"runtime"
 	"slices"
@@ -46,10 +47,10 @@ type Verifier struct {
 	logger   *slog.Logger
 	now      func() time.Time
 
-	flight flight[cacheKey, Decision]
+	flight flight.Group[cacheKey, Decision]
 	// offline shares re-checks from stored evidence; kept apart from flight, so that a pull
 	// never takes an offline answer for an online one.
-	offline flight[cacheKey, Decision]
+	offline flight.Group[cacheKey, Decision]
 	// cache holds the results of pulls' checks against the registry; rechecked those of Known's
 	// checks of stored evidence, apart, so that a pull never counts a decision on old evidence
 	// as a fresh one.

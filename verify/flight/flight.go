@@ -1,14 +1,15 @@
-package verify
+// Package flight shares one run of a call among the callers that ask for it at once.
+package flight
 
 import (
 	"context"
 	"sync"
 )
 
-// flight runs one call per key at a time and shares its result with every caller that asks
+// Group runs one call per key at a time and shares its result with every caller that asks
 // for the same key while it runs. Unlike singleflight, a caller that gives up leaves at once
 // without cancelling the others; the shared call is cancelled only when its last caller leaves.
-type flight[K comparable, V any] struct {
+type Group[K comparable, V any] struct {
 	mu    sync.Mutex
 	calls map[K]*call[V]
 }
@@ -24,7 +25,7 @@ type call[V any] struct {
 // Do returns fn's result for key. fn runs with a context that carries ctx's values and is
 // cancelled when every caller waiting for it has gone. shared reports whether the result came
 // from a call started by another caller.
-func (f *flight[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V, error)) (v V, shared bool, err error) {
+func (f *Group[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (V, error)) (v V, shared bool, err error) {
 	f.mu.Lock()
 	if f.calls == nil {
 		f.calls = make(map[K]*call[V])
@@ -66,4 +67,14 @@ func (f *flight[K, V]) Do(ctx context.Context, key K, fn func(context.Context) (
 		var zero V
 		return zero, shared, ctx.Err()
 	}
+}
+
+// Waiting returns how many callers wait for key's call now, 0 when none runs.
+func (f *Group[K, V]) Waiting(key K) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if c := f.calls[key]; c != nil {
+		return c.waiters
+	}
+	return 0
 }

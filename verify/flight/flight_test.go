@@ -1,4 +1,4 @@
-package verify
+package flight
 
 import (
 	"context"
@@ -10,7 +10,7 @@ import (
 
 func TestFlightShares(t *testing.T) {
 	t.Parallel()
-	var f flight[string, int]
+	var f Group[string, int]
 	var runs atomic.Int32
 	release := make(chan struct{})
 	started := make(chan struct{})
@@ -63,7 +63,7 @@ func TestFlightShares(t *testing.T) {
 
 func TestFlightCancelledCallerCancelsOnlyItself(t *testing.T) {
 	t.Parallel()
-	var f flight[string, int]
+	var f Group[string, int]
 	release := make(chan struct{})
 	started := make(chan struct{})
 	workCtx := make(chan context.Context, 1)
@@ -112,7 +112,7 @@ func TestFlightCancelledCallerCancelsOnlyItself(t *testing.T) {
 
 func TestFlightLastCallerLeavingCancelsWork(t *testing.T) {
 	t.Parallel()
-	var f flight[string, int]
+	var f Group[string, int]
 	workCtx := make(chan context.Context, 1)
 	fn := func(ctx context.Context) (int, error) {
 		workCtx <- ctx
