@@ -13,6 +13,10 @@ const (
 	statusEntries = 4096
 )
 
+// PolicyChanged drops what ImageStatus replies were kept: the gate's answers in them were
+// decided under the policy before. (A new verifier does the same by itself.)
+func (p *Proxy) PolicyChanged() { p.statuses.drop() }
+
 // WatchImages follows the runtime's image events until ctx ends, so that ImageStatus can be
 // answered from the replies kept since the last one. Without it every ImageStatus asks the
 // runtime. A broken watch is started again, with backoff; while it is down nothing is kept.

@@ -136,7 +136,10 @@ func TestImageStatusKept(t *testing.T) {
 	status(true)
 	status(false)
 
-	current.Store(&fakeVerifier{}) // a reloaded policy
+	current.Store(&fakeVerifier{}) // a new verifier
+	status(true)
+	status(false)
+	e.proxy.PolicyChanged() // the same verifier, another policy
 	status(true)
 	status(false)
 

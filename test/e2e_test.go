@@ -347,17 +347,7 @@ func (e *env) testImageStatusFollowsContainerd(t *testing.T) {
 	kept := func() float64 {
 		return metrics(t, e).value(t, `pullgate_image_status_replies_total{source="cache"}`)
 	}
-	// The pulls' own records are events: replies are kept once containerd's CRI shows them.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		before := kept()
-		e.status(t, e.images, ref)
-		if kept() > before {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no ImageStatus reply was kept within 10s of the last image event")
-		}
-	}
+	e.waitKept(t, ref)
 	before := kept()
 	for range 5 {
 		if got := e.status(t, e.images, ref); got == nil || got.Id != configDigest(t, first) {
@@ -402,6 +392,25 @@ func (e *env) testImageStatusFollowsContainerd(t *testing.T) {
 	}
 	if got := e.status(t, e.images, ref); got != nil {
 		t.Errorf("ImageStatus(%s) right after RemoveImage through pullgate = %v, want absent", ref, got)
+	}
+}
+
+// waitKept asks ImageStatus(ref) through pullgate until a reply comes from what pullgate kept:
+// the image events of the pulls before are applied, and replies kept again.
+func (e *env) waitKept(t *testing.T, ref string) {
+	t.Helper()
+	kept := func() float64 {
+		return metrics(t, e).value(t, `pullgate_image_status_replies_total{source="cache"}`)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		before := kept()
+		e.status(t, e.images, ref)
+		if kept() > before {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no ImageStatus reply was kept within 10s of the last image event")
+		}
 	}
 }
 

@@ -253,7 +253,8 @@ func (s *presentEnv) testPolicyChangeToNewKey(t *testing.T) {
 	if _, err := e.pull(t, s.signed, nil, "default"); err != nil {
 		t.Fatal(err)
 	}
-	s.reg.SetDown(true) // the change is applied from stored evidence
+	e.waitKept(t, s.signed) // the reload must drop what was kept
+	s.reg.SetDown(true)     // the change is applied from stored evidence
 	defer s.reg.SetDown(false)
 	otherKey := filepath.Join(s.dir, "other.pub")
 	if err := os.WriteFile(otherKey, s.other.PublicPEM, 0o600); err != nil {
