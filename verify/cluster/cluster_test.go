@@ -199,7 +199,7 @@ func TestWatcher(t *testing.T) {
 		}
 	}
 	update(object(t, "apps", 3, Spec{Order: 666, Rules: apps.Rules})) // refused: apps@2 stays
-	update(object(t, "broken", 2, apps))                                 // fixed
+	update(object(t, "broken", 2, apps))                              // fixed
 	next("[apps@2 broken@2]")
 
 	node.Labels["pool"] = "gpu"
