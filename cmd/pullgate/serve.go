@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -27,6 +29,7 @@ import (
 	"github.com/pullgate/pullgate/proxy/config"
 	"github.com/pullgate/pullgate/verify"
 	"github.com/pullgate/pullgate/verify/auth"
+	"github.com/pullgate/pullgate/verify/cluster"
 	"github.com/pullgate/pullgate/verify/hosts"
 	"github.com/pullgate/pullgate/verify/state"
 )
@@ -83,6 +86,9 @@ func serve(args []string, stdout, stderr io.Writer) error {
 	defer stopMonitor()
 	go p.MonitorUpstream(monitorCtx, 5*time.Second)
 	go p.WatchImages(monitorCtx, d.images)
+	if cfg.Cluster != nil {
+		go d.watchCluster(monitorCtx, *cfg.Cluster, d.registry)
+	}
 	if d.state != nil {
 		go p.PruneState(monitorCtx, d.state, 6*time.Hour, 24*time.Hour)
 	}
@@ -151,9 +157,14 @@ func (l loader) load() (config.Config, error) {
 // daemon is what serve runs: the parts a reload changes, and the configurations in effect.
 type daemon struct {
 	load func() (config.Config, error)
+
+	// mu keeps a reload and a change of the cluster's policy apart.
+	mu sync.Mutex
 	// started is the configuration pullgate started with, which restart-only fields keep;
 	// current is the last one applied.
 	started, current config.Config
+	// applied are the cluster's NodeImagePolicy objects in effect, with cluster set.
+	applied []cluster.Applied
 
 	logs     *logSwitch
 	logger   *slog.Logger
@@ -175,7 +186,8 @@ func newDaemon(load func() (config.Config, error), logOut io.Writer) (*daemon, e
 	}
 	d := &daemon{load: load, started: cfg, current: cfg, logs: newLogSwitch(logOut, cfg.Log)}
 	d.logger = slog.New(d.logs.handler())
-	policy, err := cfg.Policy()
+	d.loadApplied(cfg)
+	policy, err := d.policy(cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -228,10 +240,12 @@ func nodeKeyring(a config.Auth) proxy.Keyring {
 // and the running configuration kept. Fields that take effect only on restart are named when
 // the file changes them.
 func (d *daemon) reload() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	cfg, err := d.load()
 	var policy *verify.Policy
 	if err == nil {
-		policy, err = cfg.Policy()
+		policy, err = d.policy(cfg)
 	}
 	if err != nil {
 		d.logger.Error("configuration reload refused, keeping the running configuration", "error", err)
@@ -265,6 +279,7 @@ func restartOnly(running, next config.Config) []string {
 		{"stateDir", running.StateDir != next.StateDir},
 		{"metricsAddress", running.MetricsAddress != next.MetricsAddress},
 		{"verification.verifyPresentImages", running.Verification.PresentImages() != next.Verification.PresentImages()},
+		{"cluster", !reflect.DeepEqual(running.Cluster, next.Cluster)},
 	} {
 		if f.changed {
 			fields = append(fields, f.name)

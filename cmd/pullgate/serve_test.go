@@ -28,6 +28,8 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/pullgate/pullgate/proxy/config"
+	"github.com/pullgate/pullgate/verify"
+	"github.com/pullgate/pullgate/verify/cluster"
 )
 
 // syncBuffer collects what loggers write from several goroutines.
@@ -411,6 +413,7 @@ func TestRestartOnly(t *testing.T) {
 		{name: "metricsAddress", change: func(c *config.Config) { c.MetricsAddress = "" }, want: []string{"metricsAddress"}},
 		{name: "verifyPresentImages off", change: func(c *config.Config) { c.Verification.VerifyPresentImages = &off }, want: []string{"verification.verifyPresentImages"}},
 		{name: "verifyPresentImages on, as by default", change: func(c *config.Config) { c.Verification.VerifyPresentImages = &on }},
+		{name: "cluster", change: func(c *config.Config) { c.Cluster = &config.Cluster{Kubeconfig: "/var/lib/kubelet/kubeconfig"} }, want: []string{"cluster"}},
 		{name: "several", change: func(c *config.Config) { c.StateDir = "/var/lib/other"; c.Listen = "unix:///run/other.sock" }, want: []string{"listen", "stateDir"}},
 		{name: "fields that reload", change: func(c *config.Config) {
 			c.ShutdownGracePeriod.Duration = time.Second
@@ -448,14 +451,15 @@ func TestEveryFieldReloadsOrWaits(t *testing.T) {
 		"verification.maxSignatures", "verification.maxBytes", "defaultAction", "policies",
 	}
 	fixed := []string{"apiVersion", "kind"}
-	restart := []string{"listen", "runtimeEndpoint", "containerdNamespace", "registryConfigPath", "stateDir", "metricsAddress", "verification.verifyPresentImages"}
+	restart := []string{"listen", "runtimeEndpoint", "containerdNamespace", "registryConfigPath", "stateDir", "metricsAddress", "verification.verifyPresentImages", "cluster"}
 	for _, field := range jsonFields(reflect.TypeFor[config.Config](), "") {
 		if !slices.Contains(reloads, field) && !slices.Contains(fixed, field) && !slices.Contains(restart, field) {
 			t.Errorf("%s neither reloads nor is named by restartOnly", field)
 		}
 	}
 	off := false
-	changed := config.Config{Listen: "x", RuntimeEndpoint: "x", ContainerdNamespace: "x", RegistryConfigPath: "x", StateDir: "x", MetricsAddress: "x", Verification: config.Verification{VerifyPresentImages: &off}}
+	changed := config.Config{Listen: "x", RuntimeEndpoint: "x", ContainerdNamespace: "x", RegistryConfigPath: "x", StateDir: "x", MetricsAddress: "x", Verification: config.Verification{VerifyPresentImages: &off},
+		Cluster: &config.Cluster{Kubeconfig: "/x"}}
 	if got := restartOnly(config.Default(), changed); !slices.Equal(got, restart) {
 		t.Errorf("restartOnly names %q, want %q", got, restart)
 	}
@@ -587,4 +591,61 @@ func shortDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// With cluster set, the objects the node applied last are enforced from start, a change of
+// them applies at once and is saved, and a reload of the file keeps them.
+func TestClusterPolicy(t *testing.T) {
+	t.Parallel()
+	other, err := verify.ParseImage("other.example/team/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	denied := func(f *fixture) bool {
+		d, byName := f.d.verifier.DecideByName(other, "default")
+		return byName && !d.Allowed
+	}
+	extra := cluster.Applied{Name: "extra", Generation: 4, Spec: cluster.Spec{Rules: []verify.RuleSpec{{Name: "other", Images: []string{"other.example/**"}, Mode: verify.Skip}}}}
+	const fields = "cluster: {kubeconfig: DIR/kubeconfig, nodeName: node-1}\n"
+
+	f := newFixture(t, "registry.example", fields)
+	if !denied(f) {
+		t.Fatal("an image no rule matches is not denied under defaultAction: deny")
+	}
+	if err := f.d.applyCluster([]cluster.Applied{extra}); err != nil {
+		t.Fatal(err)
+	}
+	if denied(f) {
+		t.Error("an applied object's rule does not decide")
+	}
+	if saved, err := cluster.Load(f.d.current.StateDir); err != nil || len(saved) != 1 || saved[0].Name != "extra" {
+		t.Errorf("saved %v, %v; want the applied object", saved, err)
+	}
+	f.d.reload()
+	if denied(f) {
+		t.Error("a reload of the file dropped the cluster's objects")
+	}
+
+	// A new start enforces what was saved, before any API server answers.
+	again, err := newDaemon(loader{path: f.path}.load, f.logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { again.conn.Close() })
+	if d, byName := again.verifier.DecideByName(other, "default"); byName && !d.Allowed {
+		t.Error("a restart does not enforce the objects applied before")
+	}
+	if err := again.applyCluster(nil); err != nil {
+		t.Fatal(err)
+	}
+	if d, byName := again.verifier.DecideByName(other, "default"); !byName || d.Allowed {
+		t.Error("the object's removal does not apply")
+	}
+	bad := cluster.Applied{Name: "bad", Spec: cluster.Spec{Rules: []verify.RuleSpec{{Name: "x", Images: []string{"x.io/**"}, Mode: "sometimes"}}}}
+	if err := again.applyCluster([]cluster.Applied{bad}); err == nil {
+		t.Error("objects that do not compile with the file were applied")
+	}
+	if saved, _ := cluster.Load(again.current.StateDir); len(saved) != 0 {
+		t.Errorf("refused objects were saved: %v", saved)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pullgate/pullgate/verify"
@@ -40,6 +41,17 @@ type Config struct {
 	DefaultAction       string       `json:"defaultAction"`
 	// Policies are ordered rules; the first that matches an image decides.
 	Policies []verify.RuleSpec `json:"policies,omitempty"`
+	// Cluster, when set, adds the rules of the cluster's NodeImagePolicy objects after these.
+	Cluster *Cluster `json:"cluster,omitempty"`
+}
+
+// Cluster is how pullgate watches NodeImagePolicies: with the node's own identity.
+type Cluster struct {
+	// Kubeconfig is kubelet's own (e.g. /var/lib/kubelet/kubeconfig or
+	// /etc/kubernetes/kubelet.conf); rotated client certificates are followed.
+	Kubeconfig string `json:"kubeconfig"`
+	// NodeName is the node's Node object; empty, the host name, as kubelet's default.
+	NodeName string `json:"nodeName,omitempty"`
 }
 
 type Log struct {
@@ -207,6 +219,16 @@ func (c Config) Validate() error {
 	}
 	if c.DefaultAction != string(verify.Deny) && c.DefaultAction != string(verify.Allow) {
 		add("defaultAction", "must be deny or allow, got %q", c.DefaultAction)
+	}
+	if c.Cluster != nil {
+		if !filepath.IsAbs(c.Cluster.Kubeconfig) {
+			add("cluster.kubeconfig", "must be the absolute path of kubelet's kubeconfig, got %q", c.Cluster.Kubeconfig)
+		}
+		if n := c.Cluster.NodeName; n != "" {
+			for _, msg := range validation.IsDNS1123Subdomain(n) {
+				add("cluster.nodeName", "%q: %s", n, msg)
+			}
+		}
 	}
 	if c.Verification.MaxSignatures <= 0 {
 		add("verification.maxSignatures", "must be positive, got %d", c.Verification.MaxSignatures)
