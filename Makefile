@@ -1,7 +1,10 @@
 # pullgate: see README.md. Everything here runs as root on a Debian machine.
 
 CONTAINERD2_VERSION ?= v2.4.2
-KUBELET_VERSION := $(shell sed -n 's/^require k8s.io\/kubernetes //p' test/kubelet/go.mod)
+# The versions test/kubelet's go.mod requires: k8s.io/kubernetes (kubelet and the control plane)
+# and the etcd server module (the control plane's etcd).
+KUBELET_VERSION := $(shell sed -n 's/^\(require\)\{0,1\}[[:space:]]*k8s\.io\/kubernetes \(v[^ ]*\).*/\2/p' test/kubelet/go.mod)
+ETCD_VERSION := $(shell sed -n 's/^\(require\)\{0,1\}[[:space:]]*go\.etcd\.io\/etcd\/server\/v3 \(v[^ ]*\).*/\2/p' test/kubelet/go.mod)
 COSIGN_VERSION ?= v2.6.5
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO ?= go
@@ -11,12 +14,23 @@ PULLGATE := $(BIN)/pullgate
 CONTAINERD2 := $(BIN)/containerd-$(CONTAINERD2_VERSION)/containerd
 SHIM2 := $(BIN)/containerd-$(CONTAINERD2_VERSION)/containerd-shim-runc-v2
 KUBELET := $(BIN)/kubelet-$(KUBELET_VERSION)/kubelet
+KUBE_APISERVER := $(BIN)/kube-apiserver-$(KUBELET_VERSION)/kube-apiserver
+KUBE_CONTROLLER_MANAGER := $(BIN)/kube-controller-manager-$(KUBELET_VERSION)/kube-controller-manager
+KUBE_SCHEDULER := $(BIN)/kube-scheduler-$(KUBELET_VERSION)/kube-scheduler
+KUBECTL := $(BIN)/kubectl-$(KUBELET_VERSION)/kubectl
+ETCD := $(BIN)/etcd-$(ETCD_VERSION)/etcd
+CONTROL_PLANE := $(KUBE_APISERVER) $(KUBE_CONTROLLER_MANAGER) $(KUBE_SCHEDULER) $(ETCD)
 COSIGN := $(BIN)/cosign-$(COSIGN_VERSION)/cosign
 export PULLGATE_BIN := $(PULLGATE)
 export PULLGATE_CONTAINERD2 := $(CONTAINERD2)
 export PULLGATE_KUBELET := $(KUBELET)
+export PULLGATE_KUBE_APISERVER := $(KUBE_APISERVER)
+export PULLGATE_KUBE_CONTROLLER_MANAGER := $(KUBE_CONTROLLER_MANAGER)
+export PULLGATE_KUBE_SCHEDULER := $(KUBE_SCHEDULER)
+export PULLGATE_ETCD := $(ETCD)
+export PULLGATE_KUBECTL := $(KUBECTL)
 
-.PHONY: all build image test unit e2e fuzz fuzz-brief bench bench-deps demo node deps check clean
+.PHONY: all build image test unit e2e fuzz fuzz-brief bench bench-deps demo node control-plane deps check clean
 
 all: build
 
@@ -43,11 +57,32 @@ $(CONTAINERD2):
 $(SHIM2):
 	GOBIN=$(dir $@) $(GO) install github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$(CONTAINERD2_VERSION)
 
+# The Kubernetes binaries' version is stamped as Kubernetes' own build does: kube-apiserver serves
+# it at /version and derives its binary version (for compatibility versions and feature gates) from it.
+KUBE_LDFLAGS := -X k8s.io/component-base/version.gitVersion=$(KUBELET_VERSION) \
+	-X k8s.io/component-base/version.gitMajor=$(word 1,$(subst ., ,$(patsubst v%,%,$(KUBELET_VERSION)))) \
+	-X k8s.io/component-base/version.gitMinor=$(word 2,$(subst ., ,$(patsubst v%,%,$(KUBELET_VERSION)))) \
+	-X k8s.io/component-base/version.gitTreeState=clean
+
 # The real kubelet, built once per version from the module in test/kubelet (its version is that
 # module's k8s.io/kubernetes requirement). The first build takes minutes; Go's build cache keeps it.
 $(KUBELET): test/kubelet/go.mod test/kubelet/go.sum
-	cd test/kubelet && $(GO) build -trimpath -ldflags "-X k8s.io/component-base/version.gitVersion=$(KUBELET_VERSION)" \
-		-o $@ k8s.io/kubernetes/cmd/kubelet
+	@echo "build kubelet $(KUBELET_VERSION) (minutes on a cold build cache, seconds when warm)"
+	cd test/kubelet && $(GO) build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/kubelet
+
+# The control plane for cluster features, from the same module
+# and version as kubelet, and etcd at the version k8s.io/kubernetes requires (test/kubelet/etcd);
+# and kubectl. On 2 cores with kubelet's build cached: kube-apiserver about 4
+# minutes, kube-controller-manager 2, kube-scheduler and etcd well under one; seconds once built.
+control-plane: $(CONTROL_PLANE)
+
+$(KUBE_APISERVER) $(KUBE_CONTROLLER_MANAGER) $(KUBE_SCHEDULER) $(KUBECTL): test/kubelet/go.mod test/kubelet/go.sum
+	@echo "build $(notdir $@) $(KUBELET_VERSION) (minutes on a cold build cache, seconds when warm)"
+	cd test/kubelet && $(GO) build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/$(notdir $@)
+
+$(ETCD): test/kubelet/go.mod test/kubelet/go.sum test/kubelet/etcd/main.go
+	@echo "build etcd $(ETCD_VERSION) from go.etcd.io/etcd/server/v3/embed (a minute cold, seconds warm)"
+	cd test/kubelet && $(GO) build -trimpath -o $@ ./etcd
 
 # The cosign CLI, for `make bench` to compare against.
 $(COSIGN):
@@ -68,7 +103,7 @@ check:
 unit: deps
 	$(GO) test -race -count=1 ./verify/... ./proxy/... ./cmd/... ./systemd/... ./install/...
 
-e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
+e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET) $(CONTROL_PLANE)
 	$(GO) test -count=1 -timeout 15m ./test/...
 
 # Fuzzing. Every parser of untrusted input has Go fuzz targets (func FuzzXxx in *_fuzz_test.go);
