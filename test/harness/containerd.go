@@ -38,6 +38,7 @@ type Containerd struct {
 
 	t            T
 	sandboxImage string // set by WithPods
+	networkReady bool   // set by WithNetworkReady
 	snapshotter  string // the CRI plugin's
 	bin          string
 	dir          string
@@ -60,6 +61,19 @@ type ContainerdOption func(*Containerd)
 func WithPods(sandboxImage string) ContainerdOption {
 	return func(c *Containerd) { c.sandboxImage = sandboxImage }
 }
+
+// WithNetworkReady gives containerd a CNI network configuration, of the loopback plugin alone,
+// so that its CRI reports NetworkReady and a kubelet registered as a Node becomes Ready. No CNI
+// plugin is installed: pods must run on the host's network (hostNetwork: true), as all the
+// tests' pods do.
+func WithNetworkReady() ContainerdOption {
+	return func(c *Containerd) { c.networkReady = true }
+}
+
+// networkConfig is the CNI configuration of WithNetworkReady. containerd asks the plugins of a
+// network for its status only from CNI 1.1.0 on; at 1.0.0 the file alone makes the network ready.
+const networkConfig = `{"cniVersion": "1.0.0", "name": "pullgate-test", "plugins": [{"type": "loopback"}]}
+`
 
 // StartContainerd starts the containerd binary bin and waits until its CRI image service answers.
 // Everything it creates is removed when the test ends, pods included; its log is shown only if
@@ -102,6 +116,11 @@ func StartContainerd(t T, bin string, opts ...ContainerdOption) *Containerd {
 
 	for _, d := range []string{c.CertsDir, filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "net.d")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.networkReady {
+		if err := os.WriteFile(filepath.Join(dir, "cni", "net.d", "10-pullgate-test.conflist"), []byte(networkConfig), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -20,19 +20,37 @@ import (
 	"time"
 )
 
-// Kubelet is a real kubelet in standalone mode: no API server, static pods from ManifestDir.
+// Kubelet is a real kubelet: in standalone mode (no API server, static pods from ManifestDir), or
+// registered as a Node with a Cluster (WithCluster), running the pods the scheduler binds to it
+// as well as its static pods.
 type Kubelet struct {
-	NodeName    string // static pod "P" in the manifests runs as pod "P-NodeName"
+	NodeName    string // static pod "P" in the manifests runs as pod "P-NodeName"; with a cluster, the Node's name
 	ManifestDir string // staticPodPath
 	RootDir     string // --root-dir; kubelet reads registry credentials from RootDir/config.json
 	LogsDir     string // podLogsDir: NAMESPACE_POD_UID/CONTAINER/N.log
 	URL         string // kubelet's HTTPS API, e.g. URL+"/containerLogs/NS/POD/CONTAINER"
 	LogPath     string // kubelet's own log
 
-	t      T
-	dir    string
-	cmd    *exec.Cmd
-	exited chan struct{}
+	t       T
+	dir     string
+	cluster *Cluster
+	cmd     *exec.Cmd
+	exited  chan struct{}
+}
+
+// KubeletOption configures StartKubelet.
+type KubeletOption func(*Kubelet)
+
+// WithCluster registers kubelet with c's API server as a Node, with the client certificate that
+// c.NodeKubeconfig issues for it (user system:node:NodeName), instead of running it standalone.
+// The Node is named by a loopback address of its own, 127.0.0.1 for c's first node, 127.0.0.2
+// for the next: kubelet reports a loopback address as the node's InternalIP only when that is
+// its name (it refuses one given with --node-ip), and the API server reaches kubelet's API
+// (logs, exec) at that address, where kubelet listens. That API then authenticates clients by
+// certificates of c's CA and asks the API server whether they may: Get presents
+// kube-apiserver's own kubelet-client certificate. Wait for the Node with c.WaitNodeReady.
+func WithCluster(c *Cluster) KubeletOption {
+	return func(k *Kubelet) { k.cluster = c }
 }
 
 // KubeletEndpoints are the CRI endpoints kubelet talks to, as in its KubeletConfiguration.
@@ -106,9 +124,10 @@ func KubeletBinary(t T) string {
 
 // StartKubelet starts kubelet with the given endpoints and waits until it answers /healthz.
 // credentials, if not empty, is written to RootDir/config.json, where kubelet reads registry
-// credentials from. kubelet is stopped when the test ends, and its log shown if the test failed;
-// its pods are left to containerd's cleanup.
-func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byte) *Kubelet {
+// credentials from. kubelet runs standalone unless an option (WithCluster) says otherwise. It is
+// stopped when the test ends, and its log shown if the test failed; its pods are left to
+// containerd's cleanup.
+func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byte, opts ...KubeletOption) *Kubelet {
 	t.Helper()
 	// Under /tmp, not t.TempDir: kubelet's sockets live under its root directory.
 	dir, err := os.MkdirTemp("/tmp", "pg-kubelet-")
@@ -123,6 +142,14 @@ func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byt
 		t:           t,
 		dir:         dir,
 		LogPath:     filepath.Join(dir, "kubelet.log"),
+	}
+	for _, o := range opts {
+		o(k)
+	}
+	address := "127.0.0.1"
+	if k.cluster != nil {
+		k.NodeName = k.cluster.nodeAddress()
+		address = k.NodeName
 	}
 	if err := holdKernelSettings(); err != nil {
 		t.Fatal(err)
@@ -140,10 +167,10 @@ func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byt
 	}
 	// The ports are free when chosen, but another test may take one before kubelet binds it:
 	// then kubelet exits at start, and a second try with other ports goes through.
-	err = k.launch(bin, endpoints)
+	err = k.launch(bin, address, endpoints)
 	if errors.Is(err, errExitedAtStart) {
 		t.Logf("%v; starting it again on other ports", err)
-		err = k.launch(bin, endpoints)
+		err = k.launch(bin, address, endpoints)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -153,18 +180,22 @@ func StartKubelet(t T, bin string, endpoints KubeletEndpoints, credentials []byt
 
 var errExitedAtStart = errors.New("kubelet exited during start")
 
-// launch starts kubelet on free ports and waits until it is healthy and serves its device-plugin
-// socket.
-func (k *Kubelet) launch(bin string, endpoints KubeletEndpoints) error {
+// launch starts kubelet with its API on address and free ports, and waits until it is healthy
+// and serves its device-plugin socket.
+func (k *Kubelet) launch(bin, address string, endpoints KubeletEndpoints) error {
 	ports, err := freePorts(2)
 	if err != nil {
 		return err
 	}
-	k.URL = fmt.Sprintf("https://127.0.0.1:%d", ports[0])
+	k.URL = fmt.Sprintf("https://%s:%d", address, ports[0])
 	var cfg bytes.Buffer
-	if err := kubeletConfig.Execute(&cfg, map[string]any{
-		"K": k, "Endpoints": endpoints, "Port": ports[0], "HealthzPort": ports[1],
-	}); err != nil {
+	data := map[string]any{"K": k, "Endpoints": endpoints, "Address": address, "Port": ports[0], "HealthzPort": ports[1]}
+	args := []string{"--root-dir", k.RootDir, "--cert-dir", filepath.Join(k.dir, "pki"), "--hostname-override", k.NodeName, "-v=3"}
+	if k.cluster != nil {
+		data["ClientCAFile"], data["ClusterDomain"] = k.cluster.CAFile, clusterDomain
+		args = append(args, "--kubeconfig", k.cluster.NodeKubeconfig(k.NodeName))
+	}
+	if err := kubeletConfig.Execute(&cfg, data); err != nil {
 		return err
 	}
 	cfgPath := filepath.Join(k.dir, "kubelet.yaml")
@@ -182,9 +213,9 @@ func (k *Kubelet) launch(bin string, endpoints KubeletEndpoints) error {
 	}
 	defer unlock()
 	start := time.Now()
-	// No --kubeconfig: standalone mode. -v=3 logs the events kubelet would send to the API server.
-	k.cmd = exec.Command(bin, "--config", cfgPath, "--root-dir", k.RootDir, "--cert-dir", filepath.Join(k.dir, "pki"),
-		"--hostname-override", k.NodeName, "-v=3")
+	// Without --kubeconfig, standalone mode. -v=3 logs the events kubelet sends (or would send)
+	// to the API server.
+	k.cmd = exec.Command(bin, append([]string{"--config", cfgPath}, args...)...)
 	k.cmd.Stdout, k.cmd.Stderr = logFile, logFile
 	k.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := k.cmd.Start(); err != nil {
@@ -276,7 +307,15 @@ func (k *Kubelet) LogLine(match func(line string) bool) (string, bool) {
 // Get GETs path from kubelet's API, as the API server does for `kubectl logs`.
 func (k *Kubelet) Get(path string) (string, error) {
 	// kubelet serves with the self-signed certificate it made at start.
-	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	tlsConfig := &tls.Config{InsecureSkipVerify: true}
+	if k.cluster != nil {
+		cert, err := k.cluster.kubeletClientCertificate()
+		if err != nil {
+			return "", err
+		}
+		tlsConfig.Certificates = []tls.Certificate{cert}
+	}
+	c := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConfig}}
 	resp, err := c.Get(k.URL + path)
 	if err != nil {
 		return "", err
@@ -381,24 +420,35 @@ func freePorts(n int) ([]int, error) {
 }
 
 // kubeletConfig is a KubeletConfiguration for a test node: loopback only, anonymous access to its
-// API, no image garbage collection or eviction to disturb the tests, and the settings that a
-// cgroup v1 machine whose root lacks CAP_SYS_RESOURCE needs.
+// API when standalone (with a cluster: certificates of its CA, and the API server's word), no
+// image garbage collection or eviction to disturb the tests, and the settings that a cgroup v1
+// machine whose root lacks CAP_SYS_RESOURCE needs.
 var kubeletConfig = template.Must(template.New("kubelet").Parse(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 staticPodPath: {{.K.ManifestDir}}
 podLogsDir: {{.K.LogsDir}}
 fileCheckFrequency: 1s
 syncFrequency: 10s
-address: 127.0.0.1
+address: {{.Address}}
 port: {{.Port}}
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 healthzPort: {{.HealthzPort}}
+{{- if .ClientCAFile}}
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: {{.ClientCAFile}}}
+authorization:
+  mode: Webhook
+clusterDomain: {{.ClusterDomain}}
+{{- else}}
 authentication:
   anonymous: {enabled: true}
   webhook: {enabled: false}
 authorization:
   mode: AlwaysAllow
+{{- end}}
 containerRuntimeEndpoint: {{.Endpoints.Runtime}}
 imageServiceEndpoint: {{.Endpoints.Image}}
 failCgroupV1: false
