@@ -364,7 +364,9 @@ func (c *Cluster) Namespace(name string) {
 	})
 }
 
-// WaitNodeReady waits until Node name exists and its Ready condition is True, and returns it.
+// WaitNodeReady waits until Node name exists, its Ready condition is True and
+// kube-controller-manager has lifted the not-ready taint (until then the scheduler binds no pod
+// to it), and returns it.
 func (c *Cluster) WaitNodeReady(name string, timeout time.Duration) *corev1.Node {
 	c.t.Helper()
 	var node *corev1.Node
@@ -377,6 +379,11 @@ func (c *Cluster) WaitNodeReady(name string, timeout time.Duration) *corev1.Node
 			return false, err
 		}
 		node = n
+		for _, taint := range n.Spec.Taints {
+			if taint.Key == corev1.TaintNodeNotReady {
+				return false, nil
+			}
+		}
 		for _, cond := range n.Status.Conditions {
 			if cond.Type == corev1.NodeReady {
 				return cond.Status == corev1.ConditionTrue, nil
