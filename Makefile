@@ -30,7 +30,7 @@ export PULLGATE_KUBE_SCHEDULER := $(KUBE_SCHEDULER)
 export PULLGATE_ETCD := $(ETCD)
 export PULLGATE_KUBECTL := $(KUBECTL)
 
-.PHONY: all build image test unit e2e fuzz fuzz-brief bench bench-deps demo node control-plane deps check clean
+.PHONY: all build image test unit e2e fuzz fuzz-brief bench bench-deps demo node cluster control-plane deps check clean
 
 all: build
 
@@ -70,9 +70,9 @@ $(KUBELET): test/kubelet/go.mod test/kubelet/go.sum
 	@echo "build kubelet $(KUBELET_VERSION) (minutes on a cold build cache, seconds when warm)"
 	cd test/kubelet && $(GO) build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/kubelet
 
-# The control plane for cluster features, from the same module
+# The control plane for cluster features (make cluster, test/cluster_test.go), from the same module
 # and version as kubelet, and etcd at the version k8s.io/kubernetes requires (test/kubelet/etcd);
-# and kubectl. On 2 cores with kubelet's build cached: kube-apiserver about 4
+# kubectl for `make cluster`. On 2 cores with kubelet's build cached: kube-apiserver about 4
 # minutes, kube-controller-manager 2, kube-scheduler and etcd well under one; seconds once built.
 control-plane: $(CONTROL_PLANE)
 
@@ -141,13 +141,19 @@ demo: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
 node: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET)
 	$(GO) run ./test/node $(NODE_FLAGS)
 
+# A single-node cluster to try pullgate on by hand: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, and the node of `make node` with kubelet registered as a Node, kept running until
+# Ctrl-C. It prints the admin kubeconfig and a kubectl to use it with. See docs/cluster.md.
+cluster: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET) $(CONTROL_PLANE) $(KUBECTL)
+	$(GO) run ./test/cluster $(CLUSTER_FLAGS)
+
 # Debian's registry (CNCF Distribution), which `make bench` runs with htpasswd auth. Its package
 # starts an unauthenticated registry on port 5000 as a service; that one is stopped and disabled.
 bench-deps: deps
 	@command -v docker-registry >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y docker-registry && \
 		{ systemctl disable --now docker-registry.service 2>/dev/null || true; }; }
 
-bench: bench-deps $(PULLGATE) $(CONTAINERD2) $(COSIGN)
+bench: bench-deps $(PULLGATE) $(CONTAINERD2) $(COSIGN) $(CONTROL_PLANE)
 	COSIGN=$(COSIGN) $(GO) run ./test/bench
 
 clean:
