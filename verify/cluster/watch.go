@@ -181,13 +181,14 @@ func (w *Watcher) touch() {
 }
 
 // keepContact asks the API server for the node now and then, so that the contact metric tells
-// an idle watch from a dead API server.
+// an idle watch from a dead API server. Once a minute, from the API server's watch cache
+// (resourceVersion 0), not etcd: 5,000 nodes make 83 such requests a second.
 func (w *Watcher) keepContact(ctx context.Context) {
-	tick := time.NewTicker(15 * time.Second)
+	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
 	for {
 		c, cancel := context.WithTimeout(ctx, 10*time.Second)
-		_, err := w.core.CoreV1().Nodes().Get(c, w.node, metav1.GetOptions{})
+		_, err := w.core.CoreV1().Nodes().Get(c, w.node, metav1.GetOptions{ResourceVersion: "0"})
 		cancel()
 		if err == nil {
 			w.touch()
