@@ -32,6 +32,8 @@ func main() {
 	pullN := flag.Int("pull", 300, "warm PullImage calls per side")
 	verifyN := flag.Int("verify", 300, "cold and cached verifications")
 	cliN := flag.Int("cli", 20, "cosign CLI runs")
+	watchers := flag.Int("watchers", 50, "NodeImagePolicy watchers against one API server (0: none)")
+	changes := flag.Int("changes", 20, "NodeImagePolicy changes the watchers apply")
 	bin := flag.String("containerd", envOr("PULLGATE_CONTAINERD2", "/usr/bin/containerd"), "containerd binary")
 	flag.Parse()
 	quietKlog()
@@ -175,6 +177,9 @@ func main() {
 	benchVerification(t, reg, configFile, key, bundleKey, keyFile, creds, *verifyN, *cliN)
 	benchConcurrentPulls(t, ctx, reg, gate, proxied, auth, key)
 	benchRequests(t, ctx, treg, direct, proxied, auth, key, bundleKey, keyFile)
+	if *watchers > 0 {
+		benchClusterWatchers(t, *watchers, *changes, key)
+	}
 }
 
 type row struct {

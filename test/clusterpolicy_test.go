@@ -1,0 +1,218 @@
+package test
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/pullgate/pullgate/test/harness"
+)
+
+var policyGVR = schema.GroupVersionResource{Group: "pullgate.io", Version: "v1alpha1", Resource: "nodeimagepolicies"}
+
+// nodePolicy is a NodeImagePolicy object.
+func nodePolicy(name string, spec map[string]any) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "pullgate.io/v1alpha1", "kind": "NodeImagePolicy",
+		"metadata": map[string]any{"name": name}, "spec": spec,
+	}}
+}
+
+func keyRule(images string, key []byte) map[string]any {
+	return map[string]any{"name": "apps", "images": []any{images}, "mode": "enforce",
+		"authorities": []any{map[string]any{"name": "release", "key": map[string]any{"data": string(key)}, "ignoreTransparencyLog": true}}}
+}
+
+// Policy written once in the cluster's API is enforced by the node's pullgate, watching with the
+// node's own identity: a new object, a revoked key (images already on the node included), a
+// refused version, a node selector, an API server that is gone at the next start.
+func TestClusterPolicy(t *testing.T) {
+	bins := harness.ControlPlaneBinaries(t)
+	ctrdBin := harness.Containerd2Binary(t)
+	c := harness.StartCluster(t, bins)
+	dyn, err := dynamic.NewForConfig(c.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.CreateManifests(t, dyn, "../systemd/cluster/nodeimagepolicies.yaml", "../systemd/cluster/rbac.yaml")
+	c.Wait("the NodeImagePolicy CRD to be served", time.Minute, func() (bool, error) {
+		_, err := dyn.Resource(policyGVR).List(t.Context(), metav1.ListOptions{})
+		return err == nil, nil
+	})
+	const nodeName = "node-a"
+	node, err := c.Client.CoreV1().Nodes().Create(t.Context(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: nodeName, Labels: map[string]string{"pool": "apps"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	reg := harness.StartRegistry(t, harness.WithUser("node", "node-secret-Kw2"))
+	ctrd := harness.StartContainerd(t, ctrdBin)
+	ctrd.HostsTOML(reg.Host, reg.URL, "")
+	release, rotated := harness.NewKey(t), harness.NewKey(t)
+	signed := reg.PushRandomImage(t, "apps/signed", "v1")
+	reg.Sign(t, release, "apps/signed", manifestDigest(t, signed))
+	reg.PushRandomImage(t, "apps/unsigned", "v1")
+	signedRef, unsignedRef := reg.Host+"/apps/signed:v1", reg.Host+"/apps/unsigned:v1"
+
+	dir := t.TempDir()
+	stateDir := filepath.Join(dir, "state")
+	nodeKubeconfig := c.NodeKubeconfig(nodeName)
+	config := func(kubeconfig string) string {
+		return fmt.Sprintf(`apiVersion: pullgate.io/v1alpha1
+kind: PullgateConfig
+runtimeEndpoint: %s
+registryConfigPath: %s
+metricsAddress: 127.0.0.1:0
+auth:
+  files: [%s]
+defaultAction: allow
+cluster: {kubeconfig: %s, nodeName: %s}
+`, ctrd.Endpoint, ctrd.CertsDir, reg.DockerConfig(t, dir), kubeconfig, nodeName)
+	}
+	gate := harness.StartPullgate(t, harness.PullgateBinary(t), config(nodeKubeconfig), "--state-dir", stateDir)
+	e := &env{ctrd: ctrd, node: reg, gate: gate, images: imageService(t, gate.Endpoint), direct: imageService(t, ctrd.Endpoint)}
+
+	// applied waits until the node applies generation gen of object, and says how long it took.
+	applied := func(object string, gen int64) time.Duration {
+		t.Helper()
+		start := time.Now()
+		series := fmt.Sprintf(`pullgate_cluster_policy_generation{object=%q}`, object)
+		c.Wait(fmt.Sprintf("%s generation %d applied on the node", object, gen), 30*time.Second, func() (bool, error) {
+			return metrics(t, e).value(t, series) == float64(gen), nil
+		})
+		return time.Since(start)
+	}
+	policies := dyn.Resource(policyGVR)
+	write := func(obj *unstructured.Unstructured) int64 {
+		t.Helper()
+		cur, err := policies.Get(t.Context(), obj.GetName(), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			cur, err = policies.Create(t.Context(), obj, metav1.CreateOptions{})
+		} else if err == nil {
+			obj.SetResourceVersion(cur.GetResourceVersion())
+			cur, err = policies.Update(t.Context(), obj, metav1.UpdateOptions{})
+		}
+		if err != nil {
+			t.Fatalf("write NodeImagePolicy %s: %v", obj.GetName(), err)
+		}
+		return cur.GetGeneration()
+	}
+
+	// Before any object, the file's defaultAction: allow lets the unsigned image through.
+	if _, err := e.pull(t, unsignedRef, nil, "default"); err != nil {
+		t.Fatalf("pull before any NodeImagePolicy: %v", err)
+	}
+	gen := write(nodePolicy("apps", map[string]any{"order": 10, "rules": []any{keyRule(reg.Host+"/apps/**", release.PublicPEM)}}))
+	t.Logf("a new NodeImagePolicy applied on the node %v after the write", applied("apps", gen))
+	_, err = e.pull(t, unsignedRef, nil, "default")
+	wantCode(t, err, codes.Unknown, "SignatureValidationFailed: pullgate: ")
+	if !strings.Contains(err.Error(), `denied by policy "apps/apps"`) {
+		t.Errorf("denial %v does not name the object's rule apps/apps", err)
+	}
+	if _, err := e.pull(t, signedRef, nil, "default"); err != nil {
+		t.Fatalf("signed image under the cluster's policy: %v", err)
+	}
+	e.waitKept(t, signedRef)
+
+	// The key is revoked: the node's images signed by it are reported absent at once.
+	gen = write(nodePolicy("apps", map[string]any{"order": 10, "rules": []any{keyRule(reg.Host+"/apps/**", rotated.PublicPEM)}}))
+	t.Logf("a revoked key applied on the node %v after the write", applied("apps", gen))
+	if img := e.status(t, e.images, signedRef); img != nil {
+		t.Errorf("ImageStatus(%s) after its key was revoked = %v; want absent", signedRef, img)
+	}
+	_, err = e.pull(t, signedRef, nil, "default")
+	wantCode(t, err, codes.Unknown, "SignatureValidationFailed: pullgate: ")
+
+	// A version only the node can judge bad is refused; the one before stays in effect.
+	write(nodePolicy("apps", map[string]any{"order": 10, "rules": []any{keyRule(reg.Host+"/apps/**", []byte("not a key"))}}))
+	c.Wait("the node to refuse the object", 30*time.Second, func() (bool, error) {
+		return metrics(t, e).value(t, `pullgate_cluster_policy_refused{object="apps"}`) == 1, nil
+	})
+	if got := metrics(t, e).value(t, `pullgate_cluster_policy_generation{object="apps"}`); got != float64(gen) {
+		t.Errorf("applied generation %v after a refused version, want %d kept", got, gen)
+	}
+	_, err = e.pull(t, signedRef, nil, "default")
+	wantCode(t, err, codes.Unknown, "SignatureValidationFailed: pullgate: ")
+
+	// What the API server itself refuses never reaches a node.
+	for name, spec := range map[string]map[string]any{
+		"bad-mode":  {"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/**"}, "mode": "sometimes"}}},
+		"no-signer": {"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/**"}, "mode": "enforce"}}},
+		"tagged":    {"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/app:v1"}, "mode": "skip"}}},
+	} {
+		if _, err := policies.Create(t.Context(), nodePolicy(name, spec), metav1.CreateOptions{}); !apierrors.IsInvalid(err) {
+			t.Errorf("NodeImagePolicy %s: create = %v, want refused as invalid", name, err)
+		}
+	}
+
+	// An object for another pool applies once the node joins it.
+	gen = write(nodePolicy("gpu", map[string]any{"order": -1, "nodeSelector": map[string]any{"matchLabels": map[string]any{"pool": "gpu"}},
+		"rules": []any{map[string]any{"name": "unsigned-ok", "images": []any{reg.Host + "/apps/unsigned"}, "mode": "skip"}}}))
+	if _, err := e.pull(t, unsignedRef, nil, "default"); err == nil {
+		t.Error("an object selecting other nodes applied here")
+	}
+	node.Labels["pool"] = "gpu"
+	if _, err := c.Client.CoreV1().Nodes().Update(t.Context(), node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	applied("gpu", gen)
+	if _, err := e.pull(t, unsignedRef, nil, "default"); err != nil {
+		t.Errorf("the node joined the object's pool, but its rule does not apply: %v", err)
+	}
+
+	// The node's identity reads policies, and writes none.
+	nodeDyn := dynamicFor(t, nodeKubeconfig)
+	if _, err := nodeDyn.Resource(policyGVR).Create(t.Context(), nodePolicy("mine", map[string]any{"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/**"}, "mode": "skip"}}}), metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("a node created a NodeImagePolicy: %v; want forbidden", err)
+	}
+
+	// At the next start the API server cannot be reached: the node enforces what it applied.
+	gate.Signal(syscall.SIGTERM)
+	if err := gate.Wait(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	unreachable := filepath.Join(dir, "unreachable.kubeconfig")
+	kc, err := clientcmd.LoadFromFile(nodeKubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range kc.Clusters {
+		cl.Server = "https://127.0.0.1:1"
+	}
+	if err := clientcmd.WriteToFile(*kc, unreachable); err != nil {
+		t.Fatal(err)
+	}
+	gate = harness.StartPullgate(t, harness.PullgateBinary(t), config(unreachable), "--state-dir", stateDir)
+	e.gate, e.images = gate, imageService(t, gate.Endpoint)
+	if img := e.status(t, e.images, signedRef); img != nil {
+		t.Errorf("ImageStatus(%s) after a restart without the API server = %v; want absent (its key stays revoked)", signedRef, img)
+	}
+	if _, err := e.pull(t, unsignedRef, nil, "default"); err != nil {
+		t.Errorf("after a restart without the API server, the gpu object's rule does not apply: %v", err)
+	}
+}
+
+func dynamicFor(t *testing.T, kubeconfig string) dynamic.Interface {
+	t.Helper()
+	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
