@@ -178,6 +178,10 @@ cluster: {kubeconfig: %s, nodeName: %s}
 		t.Errorf("a node created a NodeImagePolicy: %v; want forbidden", err)
 	}
 
+	// The docs' example is one the API server accepts (and the node: it applies it).
+	harness.CreateManifests(t, dyn, "../docs/examples/nodeimagepolicy.yaml")
+	applied("payments", 1)
+
 	// At the next start the API server cannot be reached: the node enforces what it applied.
 	gate.Signal(syscall.SIGTERM)
 	if err := gate.Wait(30 * time.Second); err != nil {

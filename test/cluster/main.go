@@ -20,6 +20,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"sigs.k8s.io/yaml"
 
 	"github.com/pullgate/pullgate/test/harness"
@@ -48,6 +49,13 @@ func main() {
 	start := time.Now()
 	cluster := harness.StartCluster(t, bins)
 	fmt.Printf("  kube-apiserver %s, ready after %v\n  logs: %s/*.log\n", cluster.URL, time.Since(start).Round(100*time.Millisecond), cluster.Dir)
+	step("Installing the NodeImagePolicy CRD and the RBAC that lets nodes read it (systemd/cluster)")
+	dyn, err := dynamic.NewForConfig(cluster.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.CreateManifests(t, dyn, "systemd/cluster/nodeimagepolicies.yaml", "systemd/cluster/rbac.yaml")
+	nodeName := cluster.NextNodeName()
 
 	step("Starting a registry on loopback that requires a password, and containerd %s", ctrdBin)
 	reg := harness.StartRegistry(t, harness.WithUser("node", "s3cret-node"))
@@ -95,7 +103,9 @@ policies:
   - name: release-key
     key: {file: %s}
     ignoreTransparencyLog: true
-`, ctrd.Endpoint, ctrd.CertsDir, reg.DockerConfig(t, dir), reg.Host, keyFile)
+# NodeImagePolicy objects add their rules after these, watched with the node's own identity.
+cluster: {kubeconfig: %s, nodeName: %s}
+`, ctrd.Endpoint, ctrd.CertsDir, reg.DockerConfig(t, dir), reg.Host, keyFile, cluster.NodeKubeconfig(nodeName), nodeName)
 	step("Starting pullgate in front of containerd, with the node's credentials for the registry")
 	gate := harness.StartPullgate(t, harness.PullgateBinary(t), config)
 	fmt.Print(indent(config))
@@ -180,7 +190,11 @@ spec:
   %[2]s -n demo describe pod hello-unsigned
   %[2]s -n demo logs hello-signed
   %[2]s -n demo run shell --image=%[3]s/apps/hello:signed --overrides='{"spec":{"hostNetwork":true}}'
-`, cluster.AdminKubeconfig, kubectl, reg.Host)
+  # a policy for every node, written once: pullgate on the node applies it within moments
+  %[2]s apply -f docs/examples/nodeimagepolicy.yaml
+  %[2]s get nodeimagepolicies
+  curl -s %[4]s/metrics | grep pullgate_cluster_policy
+`, cluster.AdminKubeconfig, kubectl, reg.Host, gate.MetricsURL)
 	select {}
 }
 

@@ -573,6 +573,14 @@ func (c *Cluster) kubeletClientCertificate() (tls.Certificate, error) {
 
 // nodeAddress names a new node of the cluster by a loopback address of its own: 127.0.0.1 for
 // the first, 127.0.0.2 for the next, and so on.
+// NextNodeName is the name the next kubelet started WithCluster(c) registers as, for what must
+// know it before kubelet starts (pullgate's cluster.nodeName).
+func (c *Cluster) NextNodeName() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return fmt.Sprintf("127.0.0.%d", c.nodes+1)
+}
+
 func (c *Cluster) nodeAddress() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -25,6 +25,7 @@ var manifestResources = map[string]schema.GroupVersionResource{
 	"ConfigMap":                {Version: "v1", Resource: "configmaps"},
 	"Secret":                   {Version: "v1", Resource: "secrets"},
 	"DaemonSet":                {Group: "apps", Version: "v1", Resource: "daemonsets"},
+	"NodeImagePolicy":          {Group: "pullgate.io", Version: "v1alpha1", Resource: "nodeimagepolicies"},
 }
 
 // CreateManifests creates every object of the YAML files, in order, as `kubectl create -f`
