@@ -2,8 +2,11 @@ package test
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -69,6 +72,19 @@ func TestClusterPolicy(t *testing.T) {
 	dir := t.TempDir()
 	stateDir := filepath.Join(dir, "state")
 	nodeKubeconfig := c.NodeKubeconfig(nodeName)
+	// pullgate reaches the API server through a relay that the test cuts for an outage.
+	api := startRelay(t, strings.TrimPrefix(c.URL, "https://"))
+	viaRelay := filepath.Join(dir, "relay.kubeconfig")
+	kc, err := clientcmd.LoadFromFile(nodeKubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cl := range kc.Clusters {
+		cl.Server = "https://" + api.addr
+	}
+	if err := clientcmd.WriteToFile(*kc, viaRelay); err != nil {
+		t.Fatal(err)
+	}
 	config := func(kubeconfig string) string {
 		return fmt.Sprintf(`apiVersion: pullgate.io/v1alpha1
 kind: PullgateConfig
@@ -81,7 +97,7 @@ defaultAction: allow
 cluster: {kubeconfig: %s, nodeName: %s}
 `, ctrd.Endpoint, ctrd.CertsDir, reg.DockerConfig(t, dir), kubeconfig, nodeName)
 	}
-	gate := harness.StartPullgate(t, harness.PullgateBinary(t), config(nodeKubeconfig), "--state-dir", stateDir)
+	gate := harness.StartPullgate(t, harness.PullgateBinary(t), config(viaRelay), "--state-dir", stateDir)
 	e := &env{ctrd: ctrd, node: reg, gate: gate, images: imageService(t, gate.Endpoint), direct: imageService(t, ctrd.Endpoint)}
 
 	// applied waits until the node applies generation gen of object, and says how long it took.
@@ -150,6 +166,7 @@ cluster: {kubeconfig: %s, nodeName: %s}
 	for name, spec := range map[string]map[string]any{
 		"bad-mode":  {"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/**"}, "mode": "sometimes"}}},
 		"no-signer": {"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/**"}, "mode": "enforce"}}},
+		"no-warner": {"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/**"}, "mode": "warn"}}},
 		"tagged":    {"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/app:v1"}, "mode": "skip"}}},
 	} {
 		if _, err := policies.Create(t.Context(), nodePolicy(name, spec), metav1.CreateOptions{}); !apierrors.IsInvalid(err) {
@@ -182,23 +199,28 @@ cluster: {kubeconfig: %s, nodeName: %s}
 	harness.CreateManifests(t, dyn, "../docs/examples/nodeimagepolicy.yaml")
 	applied("payments", 1)
 
+	// The API server stops answering: the node keeps what it applied, and catches up once it
+	// answers again.
+	api.cut()
+	c.Wait("pullgate to find the API server gone", 30*time.Second, func() (bool, error) { return api.refused() > 0, nil })
+	gen = write(nodePolicy("gpu", map[string]any{"order": -1, "nodeSelector": map[string]any{"matchLabels": map[string]any{"pool": "gpu"}},
+		"rules": []any{map[string]any{"name": "unsigned-still-ok", "images": []any{reg.Host + "/apps/unsigned"}, "mode": "skip"}}}))
+	if _, err := e.pull(t, unsignedRef, nil, "default"); err != nil {
+		t.Errorf("during an API outage the node dropped an object it had applied: %v", err)
+	}
+	if img := e.status(t, e.images, signedRef); img != nil {
+		t.Errorf("ImageStatus(%s) during an API outage = %v; want absent (its key stays revoked)", signedRef, img)
+	}
+	api.restore()
+	applied("gpu", gen)
+
 	// At the next start the API server cannot be reached: the node enforces what it applied.
 	gate.Signal(syscall.SIGTERM)
 	if err := gate.Wait(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	unreachable := filepath.Join(dir, "unreachable.kubeconfig")
-	kc, err := clientcmd.LoadFromFile(nodeKubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, cl := range kc.Clusters {
-		cl.Server = "https://127.0.0.1:1"
-	}
-	if err := clientcmd.WriteToFile(*kc, unreachable); err != nil {
-		t.Fatal(err)
-	}
-	gate = harness.StartPullgate(t, harness.PullgateBinary(t), config(unreachable), "--state-dir", stateDir)
+	api.cut()
+	gate = harness.StartPullgate(t, harness.PullgateBinary(t), config(viaRelay), "--state-dir", stateDir)
 	e.gate, e.images = gate, imageService(t, gate.Endpoint)
 	if img := e.status(t, e.images, signedRef); img != nil {
 		t.Errorf("ImageStatus(%s) after a restart without the API server = %v; want absent (its key stays revoked)", signedRef, img)
@@ -206,6 +228,80 @@ cluster: {kubeconfig: %s, nodeName: %s}
 	if _, err := e.pull(t, unsignedRef, nil, "default"); err != nil {
 		t.Errorf("after a restart without the API server, the gpu object's rule does not apply: %v", err)
 	}
+}
+
+// relay forwards TCP connections to target until cut, which closes them all and then closes
+// every new one at once, as an API server that is gone; restore forwards again.
+type relay struct {
+	target string
+	addr   string
+
+	mu    sync.Mutex
+	down  bool
+	tries int // connections closed at once while down
+	conns map[net.Conn]bool
+}
+
+func startRelay(t *testing.T, target string) *relay {
+	r := &relay{target: target, conns: map[net.Conn]bool{}}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close(); r.cut() })
+	r.addr = l.Addr().String()
+	go func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			r.mu.Lock()
+			down := r.down
+			if down {
+				r.tries++
+			}
+			r.mu.Unlock()
+			if down {
+				in.Close()
+				continue
+			}
+			out, err := net.Dial("tcp", r.target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			r.mu.Lock()
+			r.conns[in], r.conns[out] = true, true
+			r.mu.Unlock()
+			go func() { io.Copy(out, in); out.Close() }()
+			go func() { io.Copy(in, out); in.Close() }()
+		}
+	}()
+	return r
+}
+
+func (r *relay) cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.down, r.tries = true, 0
+	for c := range r.conns {
+		c.Close()
+	}
+	clear(r.conns)
+}
+
+// refused is how many connections the relay closed at once since it was cut.
+func (r *relay) refused() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.tries
+}
+
+func (r *relay) restore() {
+	r.mu.Lock()
+	r.down = false
+	r.mu.Unlock()
 }
 
 func dynamicFor(t *testing.T, kubeconfig string) dynamic.Interface {
