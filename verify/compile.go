@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"strings"
@@ -320,18 +321,46 @@ func pemInput(file, data string) ([]byte, error) {
 	case file != "" && data != "":
 		return nil, errors.New("set file or data, not both")
 	case file != "":
-		return os.ReadFile(file)
+		return readPEMFile(file)
 	case data != "":
 		return []byte(data), nil
 	}
 	return nil, errors.New("set file or data")
 }
 
+// maxPEMFile bounds a key or certificate file: a policy (one from the cluster too) naming
+// /dev/zero or a huge file must not stall or exhaust the node.
+const maxPEMFile = 1 << 20
+
+// readPEMFile reads a regular file of at most maxPEMFile bytes.
+func readPEMFile(file string) ([]byte, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", file)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxPEMFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxPEMFile {
+		return nil, fmt.Errorf("%s is larger than %d bytes; a PEM key or certificate bundle is far smaller", file, maxPEMFile)
+	}
+	return b, nil
+}
+
 func certPool(file string) (*x509.CertPool, []byte, error) {
 	if file == "" {
 		return nil, nil, errors.New("must name a PEM file")
 	}
-	b, err := os.ReadFile(file)
+	b, err := readPEMFile(file)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -28,6 +28,10 @@ func TestCompilePolicyErrors(t *testing.T) {
 	if err := os.WriteFile(notPEM, []byte("not a key"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	huge := filepath.Join(t.TempDir(), "huge.pem")
+	if err := os.WriteFile(huge, make([]byte, 2<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	keyAuth := []AuthoritySpec{{Name: "k", Key: &KeySpec{File: key.pemFile}, IgnoreTransparencyLog: true}}
 	specs := []RuleSpec{
 		{Name: "globs", Images: []string{"registry.example.com/[", "**/apps", "registry.example.com/a**b"}, Mode: Enforce, Authorities: keyAuth},
@@ -39,6 +43,8 @@ func TestCompilePolicyErrors(t *testing.T) {
 			{Name: "keyless", Keyless: &IdentitySpec{Issuer: githubIssuer, Subject: githubWorkflow}},
 			{Name: "none"},
 			{Name: "anyissuer", Keyless: &IdentitySpec{SubjectRegExp: ".+"}},
+			{Name: "device", Key: &KeySpec{File: "/dev/zero"}, IgnoreTransparencyLog: true},
+			{Name: "huge", Key: &KeySpec{File: huge}, IgnoreTransparencyLog: true},
 		}},
 		{Name: "empty", Images: []string{"r.example.com/empty"}, Mode: Enforce},
 		{Name: "skipper", Images: []string{"r.example.com/skip"}, Mode: Skip, Authorities: keyAuth},
@@ -66,6 +72,8 @@ func TestCompilePolicyErrors(t *testing.T) {
 		"policies[1].authorities[4]: keyless needs verification.trustedRoot",
 		"policies[1].authorities[5]: set exactly one of key, keyless and certificate",
 		"policies[1].authorities[6]: keyless: set issuer or issuerRegExp",
+		"policies[1].authorities[7]: key: /dev/zero is not a regular file",
+		"policies[1].authorities[8]: key: " + huge + " is larger than 1048576 bytes",
 		"policies[2].authorities: mode enforce needs at least one authority",
 		"policies[3].mode: skip verifies nothing",
 		"policies[4].attestations[0].condition:",
