@@ -22,6 +22,10 @@ import (
 // that kubelet pulls it through pullgate; and CreateContainer, when the runtime service comes
 // through pullgate too, refuses a container whose image the pod's rule does not allow.
 
+// ReasonContainerRefused is the reason of the Node Event for a container refused at
+// CreateContainer.
+const ReasonContainerRefused = "ContainerRefused"
+
 const (
 	verdictPresent = "present"
 	// verdictHidden is an image in the store that ImageStatus reported absent.
@@ -128,6 +132,8 @@ func (p *Proxy) createContainer(ctx context.Context, raw *frame) (any, error) {
 		if !d.Allowed {
 			log.Warn("container refused", "image", d.image, "rule", d.Rule, "verdict", verdictDenied, "reason", d.Reason)
 			p.countStored("CreateContainer", verdictDenied, d.Rule)
+			p.warn(ReasonContainerRefused, fmt.Sprintf("container %s of pod %s/%s refused: %s denied by policy %q: %s",
+				req.GetConfig().GetMetadata().GetName(), meta.GetNamespace(), meta.GetName(), d.image, d.Rule, d.Reason))
 			return nil, status.Errorf(codes.Unknown, "SignatureValidationFailed: pullgate: %s denied by policy %q: %s", d.image, d.Rule, d.Reason)
 		}
 	}

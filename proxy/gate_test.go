@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
@@ -184,8 +185,22 @@ func TestCreateContainerGate(t *testing.T) {
 				verifier: &fakeVerifier{known: tt.known},
 				opts:     []proxy.Option{proxy.WithPresentImageChecks()},
 			})
+			var warned []string
+			var mu sync.Mutex
+			e.proxy.SetNodeWarnings(func(reason, message string) {
+				mu.Lock()
+				warned = append(warned, reason+": "+message)
+				mu.Unlock()
+			})
 			resp, err := e.runtimeClient().CreateContainer(t.Context(), tt.req)
 			created := e.runtime.callsTo("CreateContainer")
+			mu.Lock()
+			defer mu.Unlock()
+			refusal := strings.HasPrefix(tt.wantError, "SignatureValidationFailed") && !strings.Contains(tt.wantError, "could not be checked")
+			if refusal != (len(warned) == 1) ||
+				refusal && !strings.HasPrefix(warned[0], proxy.ReasonContainerRefused+": container ") {
+				t.Errorf("node warnings %q; want one %s for a container refused by policy", warned, proxy.ReasonContainerRefused)
+			}
 			if tt.allowed {
 				if err != nil || resp.GetContainerId() != "c-1" {
 					t.Fatalf("CreateContainer = %v, %v; want the runtime's answer", resp, err)

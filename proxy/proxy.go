@@ -60,6 +60,8 @@ type Proxy struct {
 	keyring nodeKeyring
 	// gate checks images already in the store at ImageStatus and CreateContainer.
 	gate bool
+	// warnings records what an admin must see on the Node (SetNodeWarnings); nil until set.
+	warnings atomic.Pointer[func(reason, message string)]
 	// statuses keeps ImageStatus replies while WatchImages runs.
 	statuses *statuses
 	// runtimePulls shares the runtime's pull among concurrent pulls of one digest.
@@ -89,6 +91,16 @@ func (n *nodeKeyring) Lookup(image string) ([]auth.Credential, error) {
 		return nil, nil
 	}
 	return (*k).Lookup(image)
+}
+
+// SetNodeWarnings has f record, from now on, what an admin must see without the node's logs
+// (Events on the Node): a container refused at CreateContainer.
+func (p *Proxy) SetNodeWarnings(f func(reason, message string)) { p.warnings.Store(&f) }
+
+func (p *Proxy) warn(reason, message string) {
+	if f := p.warnings.Load(); f != nil && *f != nil {
+		(*f)(reason, message)
+	}
 }
 
 // WithPresentImageChecks checks images already in the runtime's store, however they got there:

@@ -156,6 +156,19 @@ cluster: {kubeconfig: %s, nodeName: %s}
 	c.Wait("the node to refuse the object", 30*time.Second, func() (bool, error) {
 		return metrics(t, e).value(t, `pullgate_cluster_policy_refused{object="apps"}`) == 1, nil
 	})
+	c.Wait("an Event on the Node for the refused object", 30*time.Second, func() (bool, error) {
+		evs, err := c.Client.CoreV1().Events("default").List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.kind=Node,involvedObject.name=" + nodeName + ",reason=NodeImagePolicyRefused"})
+		if err != nil {
+			return false, err
+		}
+		for _, ev := range evs.Items {
+			if ev.Type == corev1.EventTypeWarning && ev.Source.Component == "pullgate" && strings.Contains(ev.Message, "NodeImagePolicy apps generation 3 refused") &&
+				strings.Contains(ev.Message, "not a PEM public key") {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
 	if got := metrics(t, e).value(t, `pullgate_cluster_policy_generation{object="apps"}`); got != float64(gen) {
 		t.Errorf("applied generation %v after a refused version, want %d kept", got, gen)
 	}

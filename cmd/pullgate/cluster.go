@@ -89,7 +89,14 @@ func (d *daemon) watchCluster(ctx context.Context, c config.Cluster, reg prometh
 			d.mu.Lock()
 			start := d.applied
 			d.mu.Unlock()
-			w := cluster.NewWatcher(dyn, core, node, start, d.checkObject, d.applyCluster, cluster.WithLogger(d.logger), cluster.WithMetrics(reg))
+			events := cluster.NewNodeEvents(core, node)
+			defer events.Stop()
+			d.proxy.SetNodeWarnings(events.Warning)
+			if d.state == nil {
+				events.Warning(cluster.ReasonStateUnusable, "pullgate's stateDir cannot be used: decisions are kept in memory only, and images on the node count as never verified after a restart; see pullgate's log")
+			}
+			w := cluster.NewWatcher(dyn, core, node, start, d.checkObject, d.applyCluster,
+				cluster.WithLogger(d.logger), cluster.WithMetrics(reg), cluster.WithWarnings(events.Warning))
 			d.logger.Info("cluster policy: watching NodeImagePolicies", "node", node, "kubeconfig", c.Kubeconfig)
 			w.Run(ctx)
 			return

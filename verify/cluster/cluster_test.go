@@ -173,11 +173,12 @@ func TestWatcher(t *testing.T) {
 	core := fake.NewClientset(node)
 
 	applied := make(chan []string, 10)
+	warned := make(chan string, 10)
 	start := []Applied{{Name: "apps", Generation: 1, Spec: apps}}
 	w := NewWatcher(dyn, core, "node-1", start, check, func(a []Applied) error {
 		applied <- strings.Fields(fmt.Sprint(describe(a)))
 		return nil
-	}, WithLogger(slog.New(slog.DiscardHandler)))
+	}, WithLogger(slog.New(slog.DiscardHandler)), WithWarnings(func(reason, message string) { warned <- reason + ": " + message }))
 	go w.Run(ctx)
 	next := func(want string) {
 		t.Helper()
@@ -191,6 +192,9 @@ func TestWatcher(t *testing.T) {
 		}
 	}
 	next("[apps@2]") // gpu does not select this node; broken is refused and had no version before
+	if got := <-warned; !strings.HasPrefix(got, ReasonPolicyRefused+": NodeImagePolicy broken generation 1 refused") || !strings.Contains(got, bad.Error()) {
+		t.Errorf("warning %q, want the refusal of broken with its reason", got)
+	}
 
 	update := func(u *unstructured.Unstructured) {
 		t.Helper()

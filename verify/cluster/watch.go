@@ -46,6 +46,11 @@ type Watcher struct {
 	// lastApply is when apply last took a change.
 	lastApply time.Time
 
+	// warn records what an admin must see without the node's logs (Events on the Node).
+	warn func(reason, message string)
+	// unreachable is set once the API server was away too long and that was said.
+	unreachable bool
+
 	generation *prometheus.GaugeVec
 	refusedM   *prometheus.GaugeVec
 	changed    chan struct{}
@@ -61,6 +66,15 @@ type WatcherOption func(*Watcher)
 
 // WithLogger sets the logger.
 func WithLogger(l *slog.Logger) WatcherOption { return func(w *Watcher) { w.logger = l } }
+
+// WithWarnings has warn record what an admin must see on the Node: a refused object, an API
+// server away for long.
+func WithWarnings(warn func(reason, message string)) WatcherOption {
+	return func(w *Watcher) { w.warn = warn }
+}
+
+// unreachableAfter is how long without the API server is worth an Event.
+const unreachableAfter = 5 * time.Minute
 
 // WithMetrics registers the watcher's metrics with reg.
 func WithMetrics(reg prometheus.Registerer) WatcherOption {
@@ -105,7 +119,7 @@ func (w *Watcher) since(at func() time.Time, age bool) float64 {
 // return an error, leaving the previous ones in effect, when it cannot apply them.
 func NewWatcher(dyn dynamic.Interface, core kubernetes.Interface, node string, start []Applied,
 	check func(*NodeImagePolicy) error, apply func([]Applied) error, opts ...WatcherOption) *Watcher {
-	w := &Watcher{dyn: dyn, core: core, node: node, check: check, apply: apply, logger: slog.Default(),
+	w := &Watcher{dyn: dyn, core: core, node: node, check: check, apply: apply, logger: slog.Default(), warn: func(string, string) {},
 		applied: map[string]Applied{}, refused: map[string]refusal{}, changed: make(chan struct{}, 1)}
 	for _, a := range start {
 		w.applied[a.Name] = a
@@ -193,6 +207,16 @@ func (w *Watcher) keepContact(ctx context.Context) {
 		if err == nil {
 			w.touch()
 		}
+		w.mu.Lock()
+		away := !w.contact.IsZero() && time.Since(w.contact) > unreachableAfter
+		say := away && !w.unreachable
+		w.unreachable = away
+		last := w.contact
+		w.mu.Unlock()
+		if say {
+			// Recorded once it answers again: the broadcaster retries.
+			w.warn(ReasonAPIUnreachable, fmt.Sprintf("pullgate could not reach the API server since %s; the node enforces the NodeImagePolicies it applied before", last.UTC().Format(time.RFC3339)))
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -226,6 +250,7 @@ func (w *Watcher) reconcile(objects []any, node labels.Set) {
 		if err != nil {
 			if r, seen := w.refused[name]; !seen || r.generation != gen {
 				w.logger.Error("cluster policy: NodeImagePolicy refused; the node keeps its version before", "object", name, "generation", gen, "error", err)
+				w.warn(ReasonPolicyRefused, fmt.Sprintf("NodeImagePolicy %s generation %d refused; the node keeps its version before: %v", name, gen, err))
 			}
 			w.refused[name] = refusal{gen, err.Error()}
 			if prev, ok := w.applied[name]; ok {
