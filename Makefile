@@ -6,6 +6,9 @@ CONTAINERD2_VERSION ?= v2.4.2
 KUBELET_VERSION := $(shell sed -n 's/^\(require\)\{0,1\}[[:space:]]*k8s\.io\/kubernetes \(v[^ ]*\).*/\2/p' test/kubelet/go.mod)
 ETCD_VERSION := $(shell sed -n 's/^\(require\)\{0,1\}[[:space:]]*go\.etcd\.io\/etcd\/server\/v3 \(v[^ ]*\).*/\2/p' test/kubelet/go.mod)
 COSIGN_VERSION ?= v2.6.5
+# promtool, which tests the alerting rules in systemd/monitoring (Prometheus's Go module versions
+# are v0.3xx for Prometheus 3.x).
+PROMTOOL_VERSION ?= v0.316.0
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO ?= go
 BIN := $(CURDIR)/bin
@@ -21,6 +24,7 @@ KUBECTL := $(BIN)/kubectl-$(KUBELET_VERSION)/kubectl
 ETCD := $(BIN)/etcd-$(ETCD_VERSION)/etcd
 CONTROL_PLANE := $(KUBE_APISERVER) $(KUBE_CONTROLLER_MANAGER) $(KUBE_SCHEDULER) $(ETCD)
 COSIGN := $(BIN)/cosign-$(COSIGN_VERSION)/cosign
+PROMTOOL := $(BIN)/promtool-$(PROMTOOL_VERSION)/promtool
 export PULLGATE_BIN := $(PULLGATE)
 export PULLGATE_CONTAINERD2 := $(CONTAINERD2)
 export PULLGATE_KUBELET := $(KUBELET)
@@ -29,6 +33,7 @@ export PULLGATE_KUBE_CONTROLLER_MANAGER := $(KUBE_CONTROLLER_MANAGER)
 export PULLGATE_KUBE_SCHEDULER := $(KUBE_SCHEDULER)
 export PULLGATE_ETCD := $(ETCD)
 export PULLGATE_KUBECTL := $(KUBECTL)
+export PULLGATE_PROMTOOL := $(PROMTOOL)
 
 .PHONY: all build image test unit e2e fuzz fuzz-brief bench bench-deps demo node cluster control-plane deps check clean
 
@@ -88,6 +93,10 @@ $(ETCD): test/kubelet/go.mod test/kubelet/go.sum test/kubelet/etcd/main.go
 $(COSIGN):
 	GOBIN=$(dir $@) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@$(COSIGN_VERSION)
 
+$(PROMTOOL):
+	@echo "building promtool $(PROMTOOL_VERSION) from its Go module (about 5 minutes the first time)"
+	GOBIN=$(dir $@) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
+
 # The real parts the tests start, from Debian's packages: containerd 1.6, runc, systemd's tools
 # (systemd-analyze, systemd-socket-activate) for the unit tests, and the static busybox that the
 # kubelet tests' images run.
@@ -103,7 +112,7 @@ check:
 unit: deps
 	$(GO) test -race -count=1 ./verify/... ./proxy/... ./cmd/... ./systemd/... ./install/...
 
-e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET) $(CONTROL_PLANE)
+e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET) $(CONTROL_PLANE) $(PROMTOOL)
 	$(GO) test -count=1 -timeout 15m ./test/...
 
 # Fuzzing. Every parser of untrusted input has Go fuzz targets (func FuzzXxx in *_fuzz_test.go);

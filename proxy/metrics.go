@@ -22,6 +22,8 @@ type Metrics struct {
 	stored *prometheus.CounterVec
 	// statuses counts ImageStatus replies by where they came from.
 	statuses *prometheus.CounterVec
+	// unavailable counts pulls denied because the registry could not be asked.
+	unavailable prometheus.Counter
 	// UpstreamUp is 1 while the runtime answers.
 	UpstreamUp prometheus.Gauge
 }
@@ -59,12 +61,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pullgate_image_status_replies_total",
 			Help: "ImageStatus replies, by source: cache (kept since the last image event) or runtime (asked).",
 		}, []string{"source"}),
+		unavailable: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "pullgate_registry_unavailable_total",
+			Help: "Pulls denied because the registry could not be reached or answered 5xx/429 (RegistryUnavailable).",
+		}),
 		UpstreamUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pullgate_upstream_up",
 			Help: "1 when the runtime answered the last readiness check, else 0.",
 		}),
 	}
-	reg.MustRegister(m.requests, m.durations, m.decisions, m.verification, m.cacheHits, m.stored, m.statuses, m.UpstreamUp)
+	reg.MustRegister(m.requests, m.durations, m.decisions, m.verification, m.cacheHits, m.stored, m.statuses, m.unavailable, m.UpstreamUp)
 	return m
 }
 

@@ -64,6 +64,9 @@ func (p *Proxy) PullImage(ctx context.Context, req *runtimeapi.PullImageRequest)
 	}
 	if p.metrics != nil {
 		p.metrics.decisions.WithLabelValues(d.verdict, d.rule).Inc()
+		if err != nil && strings.HasPrefix(status.Convert(err).Message(), "RegistryUnavailable: ") {
+			p.metrics.unavailable.Inc()
+		}
 		if d.cached {
 			p.metrics.cacheHits.Inc()
 		} else if d.verify > 0 && !d.shared && d.mode != "" && d.mode != verify.Skip {

@@ -202,6 +202,9 @@ cluster: {kubeconfig: %s, nodeName: %s}
 		t.Errorf("the node joined the object's pool, but its rule does not apply: %v", err)
 	}
 
+	// The shipped alerting rules, tested on this pullgate's own series.
+	checkAlertRules(t, httpBody(t, gate.MetricsURL+"/metrics"))
+
 	// The node's identity reads policies, and writes none.
 	nodeDyn := dynamicFor(t, nodeKubeconfig)
 	if _, err := nodeDyn.Resource(policyGVR).Create(t.Context(), nodePolicy("mine", map[string]any{"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/**"}, "mode": "skip"}}}), metav1.CreateOptions{}); !apierrors.IsForbidden(err) {

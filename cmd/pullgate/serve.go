@@ -222,6 +222,15 @@ func newDaemon(load func() (config.Config, error), logOut io.Writer) (*daemon, e
 	} else {
 		vopts = append(vopts, verify.WithState(d.state))
 	}
+	d.registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "pullgate_state_usable",
+		Help: "1 when stateDir holds pullgate's decisions, 0 when they are kept in memory only (see the log).",
+	}, func() float64 {
+		if d.state == nil {
+			return 0
+		}
+		return 1
+	}))
 	d.verifier = verify.NewVerifier(policy, d.resolver, vopts...)
 	d.images = store
 	d.proxy = proxy.New(d.conn, d.resolver, func() proxy.Verifier { return d.verifier }, store, opts...)
