@@ -49,7 +49,8 @@ func TestClusterPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	harness.CreateManifests(t, dyn, "../systemd/cluster/nodeimagepolicies.yaml", "../systemd/cluster/rbac.yaml")
+	harness.CreateManifests(t, dyn, "../systemd/cluster/nodeimagepolicies.yaml", "../systemd/cluster/rbac.yaml",
+		"../systemd/cluster/node-reports.yaml", "../systemd/cluster/openreports/openreports.io_clusterreports.yaml")
 	c.Wait("the NodeImagePolicy CRD to be served", time.Minute, func() (bool, error) {
 		_, err := dyn.Resource(policyGVR).List(t.Context(), metav1.ListOptions{})
 		return err == nil, nil
@@ -205,6 +206,39 @@ cluster: {kubeconfig: %s, nodeName: %s}
 	// The shipped alerting rules, tested on this pullgate's own series.
 	checkAlertRules(t, httpBody(t, gate.MetricsURL+"/metrics"))
 
+	// The node's report in the cluster: what `pullgate audit` prints, the revoked image failing.
+	clusterReports := dyn.Resource(schema.GroupVersionResource{Group: "openreports.io", Version: "v1alpha1", Resource: "clusterreports"})
+	c.Wait("node-a's ClusterReport to show the revoked image failing", time.Minute, func() (bool, error) {
+		r, err := clusterReports.Get(t.Context(), "pullgate-"+nodeName, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		} else if err != nil {
+			return false, err
+		}
+		if scope, _, _ := unstructured.NestedString(r.Object, "scope", "name"); scope != nodeName {
+			return false, fmt.Errorf("report scoped to %q", scope)
+		}
+		if owners := r.GetOwnerReferences(); len(owners) != 1 || owners[0].Kind != "Node" || owners[0].Name != nodeName {
+			return false, fmt.Errorf("report owned by %v, want the Node", owners)
+		}
+		results, _, _ := unstructured.NestedSlice(r.Object, "results")
+		for _, res := range results {
+			m, _ := res.(map[string]any)
+			image, _, _ := unstructured.NestedString(m, "properties", "image")
+			if strings.HasPrefix(image, reg.Host+"/apps/signed@") && m["result"] == "fail" && m["policy"] == "apps/apps" {
+				fail, _, _ := unstructured.NestedInt64(r.Object, "summary", "fail")
+				return fail >= 1, nil
+			}
+		}
+		return false, nil
+	})
+	other := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "openreports.io/v1alpha1", "kind": "ClusterReport",
+		"metadata": map[string]any{"name": "pullgate-node-b"}, "source": "pullgate", "scope": map[string]any{"apiVersion": "v1", "kind": "Node", "name": "node-b"}}}
+	_, err = dynamicFor(t, nodeKubeconfig).Resource(schema.GroupVersionResource{Group: "openreports.io", Version: "v1alpha1", Resource: "clusterreports"}).Create(t.Context(), other, metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "a node may write only its own report") {
+		t.Errorf("node-a wrote node-b's report: %v; want the admission policy's refusal", err)
+	}
+
 	// The node's identity reads policies, and writes none.
 	nodeDyn := dynamicFor(t, nodeKubeconfig)
 	if _, err := nodeDyn.Resource(policyGVR).Create(t.Context(), nodePolicy("mine", map[string]any{"rules": []any{map[string]any{"name": "x", "images": []any{"x.io/**"}, "mode": "skip"}}}), metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
@@ -244,6 +278,15 @@ cluster: {kubeconfig: %s, nodeName: %s}
 	if _, err := e.pull(t, unsignedRef, nil, "default"); err != nil {
 		t.Errorf("after a restart without the API server, the gpu object's rule does not apply: %v", err)
 	}
+
+	// The report goes with its Node.
+	if err := c.Client.CoreV1().Nodes().Delete(t.Context(), nodeName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.Wait("the deleted Node's report to go", time.Minute, func() (bool, error) {
+		_, err := clusterReports.Get(t.Context(), "pullgate-"+nodeName, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
 }
 
 // relay forwards TCP connections to target until cut, which closes them all and then closes

@@ -11,7 +11,9 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/pullgate/pullgate/proxy"
 	"github.com/pullgate/pullgate/proxy/config"
 	"github.com/pullgate/pullgate/verify"
 	"github.com/pullgate/pullgate/verify/cluster"
@@ -97,6 +99,7 @@ func (d *daemon) watchCluster(ctx context.Context, c config.Cluster, reg prometh
 			}
 			w := cluster.NewWatcher(dyn, core, node, start, d.checkObject, d.applyCluster,
 				cluster.WithLogger(d.logger), cluster.WithMetrics(reg), cluster.WithWarnings(events.Warning))
+			go d.keepReport(ctx, cluster.NewReporter(dyn, core, node, d.logger))
 			d.logger.Info("cluster policy: watching NodeImagePolicies", "node", node, "kubeconfig", c.Kubeconfig)
 			w.Run(ctx)
 			return
@@ -108,6 +111,44 @@ func (d *daemon) watchCluster(ctx context.Context, c config.Cluster, reg prometh
 		case <-time.After(10 * time.Second):
 		}
 	}
+}
+
+// reportInterval is how often the node's report is brought up to date: at most one write per
+// interval, whatever the churn of images and policies, and none when nothing changed.
+const reportInterval = 10 * time.Second
+
+// keepReport keeps the node's ClusterReport what `pullgate audit` would print, until ctx ends.
+func (d *daemon) keepReport(ctx context.Context, r *cluster.Reporter) {
+	images := runtimeapi.NewImageServiceClient(d.conn)
+	tick := time.NewTicker(reportInterval)
+	defer tick.Stop()
+	var lastErr string
+	for {
+		err := d.writeReport(ctx, r, images)
+		if msg := fmt.Sprint(err); err != nil && msg != lastErr {
+			d.logger.Warn("node report not brought up to date; trying again", "error", err)
+		}
+		lastErr = fmt.Sprint(err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (d *daemon) writeReport(ctx context.Context, r *cluster.Reporter, images runtimeapi.ImageServiceClient) error {
+	c, cancel := context.WithTimeout(ctx, reportInterval)
+	defer cancel()
+	audit, err := proxy.Audit(c, images, d.verifier, "")
+	if err != nil {
+		return err
+	}
+	entries := make([]cluster.ReportEntry, len(audit))
+	for i, a := range audit {
+		entries[i] = cluster.ReportEntry{Image: a.Image, ID: a.ID, Verdict: a.Verdict, Rule: a.Rule, Reason: a.Reason}
+	}
+	return r.Write(c, entries)
 }
 
 func nodeName(c config.Cluster) (string, error) {

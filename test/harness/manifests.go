@@ -17,15 +17,17 @@ import (
 
 // manifestResources are the resources of the kinds pullgate's manifests hold.
 var manifestResources = map[string]schema.GroupVersionResource{
-	"CustomResourceDefinition": {Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"},
-	"ClusterRole":              {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
-	"ClusterRoleBinding":       {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
-	"Namespace":                {Version: "v1", Resource: "namespaces"},
-	"ServiceAccount":           {Version: "v1", Resource: "serviceaccounts"},
-	"ConfigMap":                {Version: "v1", Resource: "configmaps"},
-	"Secret":                   {Version: "v1", Resource: "secrets"},
-	"DaemonSet":                {Group: "apps", Version: "v1", Resource: "daemonsets"},
-	"NodeImagePolicy":          {Group: "pullgate.io", Version: "v1alpha1", Resource: "nodeimagepolicies"},
+	"CustomResourceDefinition":         {Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"},
+	"ClusterRole":                      {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterroles"},
+	"ClusterRoleBinding":               {Group: "rbac.authorization.k8s.io", Version: "v1", Resource: "clusterrolebindings"},
+	"Namespace":                        {Version: "v1", Resource: "namespaces"},
+	"ServiceAccount":                   {Version: "v1", Resource: "serviceaccounts"},
+	"ConfigMap":                        {Version: "v1", Resource: "configmaps"},
+	"Secret":                           {Version: "v1", Resource: "secrets"},
+	"DaemonSet":                        {Group: "apps", Version: "v1", Resource: "daemonsets"},
+	"NodeImagePolicy":                  {Group: "pullgate.io", Version: "v1alpha1", Resource: "nodeimagepolicies"},
+	"ValidatingAdmissionPolicy":        {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicies"},
+	"ValidatingAdmissionPolicyBinding": {Group: "admissionregistration.k8s.io", Version: "v1", Resource: "validatingadmissionpolicybindings"},
 }
 
 // CreateManifests creates every object of the YAML files, in order, as `kubectl create -f`
