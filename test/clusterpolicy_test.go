@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/jsonpath"
 
 	"github.com/pullgate/pullgate/test/harness"
 )
@@ -232,6 +233,23 @@ cluster: {kubeconfig: %s, nodeName: %s}
 		}
 		return false, nil
 	})
+	// The README's command for every node running an image enforce would refuse, here for the
+	// images refused already (kubectl's jsonpath is client-go's).
+	list, err := clusterReports.List(t.Context(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jp := jsonpath.New("refused")
+	if err := jp.Parse(`{range .items[*].results[?(@.result=="fail")]}{.properties.node}{"\t"}{.properties.image}{"\t"}{.policy}{"\n"}{end}`); err != nil {
+		t.Fatal(err)
+	}
+	var refusedOut strings.Builder
+	if err := jp.Execute(&refusedOut, list.UnstructuredContent()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(refusedOut.String(), nodeName+"\t"+reg.Host+"/apps/signed@") {
+		t.Errorf("the README's jsonpath over the reports printed %q, want node-a with the revoked image", refusedOut.String())
+	}
 	other := &unstructured.Unstructured{Object: map[string]any{"apiVersion": "openreports.io/v1alpha1", "kind": "ClusterReport",
 		"metadata": map[string]any{"name": "pullgate-node-b"}, "source": "pullgate", "scope": map[string]any{"apiVersion": "v1", "kind": "Node", "name": "node-b"}}}
 	_, err = dynamicFor(t, nodeKubeconfig).Resource(schema.GroupVersionResource{Group: "openreports.io", Version: "v1alpha1", Resource: "clusterreports"}).Create(t.Context(), other, metav1.CreateOptions{})

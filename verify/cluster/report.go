@@ -99,7 +99,7 @@ func Report(node string, entries []ReportEntry) *reports.ClusterReport {
 		}
 		r.Results = append(r.Results, reports.ReportResult{
 			Source: reportSource, Policy: e.Rule, Result: res.result, Description: e.Reason,
-			Properties: map[string]string{"image": e.Image, "imageID": e.ID, "verdict": e.Verdict},
+			Properties: map[string]string{"node": node, "image": e.Image, "imageID": e.ID, "verdict": e.Verdict},
 		})
 	}
 	if n := len(sorted) - len(r.Results); n > 0 {
