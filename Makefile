@@ -9,6 +9,8 @@ COSIGN_VERSION ?= v2.6.5
 # promtool, which tests the alerting rules in systemd/monitoring (Prometheus's Go module versions
 # are v0.3xx for Prometheus 3.x).
 PROMTOOL_VERSION ?= v0.316.0
+# Helm's CLI, which lints, renders and installs charts/pullgate in the tests.
+HELM_VERSION ?= v3.22.0
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO ?= go
 BIN := $(CURDIR)/bin
@@ -25,6 +27,7 @@ ETCD := $(BIN)/etcd-$(ETCD_VERSION)/etcd
 CONTROL_PLANE := $(KUBE_APISERVER) $(KUBE_CONTROLLER_MANAGER) $(KUBE_SCHEDULER) $(ETCD)
 COSIGN := $(BIN)/cosign-$(COSIGN_VERSION)/cosign
 PROMTOOL := $(BIN)/promtool-$(PROMTOOL_VERSION)/promtool
+HELM := $(BIN)/helm-$(HELM_VERSION)/helm
 export PULLGATE_BIN := $(PULLGATE)
 export PULLGATE_CONTAINERD2 := $(CONTAINERD2)
 export PULLGATE_KUBELET := $(KUBELET)
@@ -34,6 +37,7 @@ export PULLGATE_KUBE_SCHEDULER := $(KUBE_SCHEDULER)
 export PULLGATE_ETCD := $(ETCD)
 export PULLGATE_KUBECTL := $(KUBECTL)
 export PULLGATE_PROMTOOL := $(PROMTOOL)
+export PULLGATE_HELM := $(HELM)
 
 .PHONY: all build image test unit e2e fuzz fuzz-brief bench bench-deps demo node cluster control-plane deps check clean
 
@@ -93,6 +97,10 @@ $(ETCD): test/kubelet/go.mod test/kubelet/go.sum test/kubelet/etcd/main.go
 $(COSIGN):
 	GOBIN=$(dir $@) $(GO) install github.com/sigstore/cosign/v2/cmd/cosign@$(COSIGN_VERSION)
 
+$(HELM):
+	@echo "building helm $(HELM_VERSION) from its Go module (about 4 minutes the first time)"
+	GOBIN=$(dir $@) $(GO) install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
 $(PROMTOOL):
 	@echo "building promtool $(PROMTOOL_VERSION) from its Go module (about 5 minutes the first time)"
 	GOBIN=$(dir $@) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION)
@@ -112,7 +120,7 @@ check:
 unit: deps
 	$(GO) test -race -count=1 ./verify/... ./proxy/... ./cmd/... ./systemd/... ./install/...
 
-e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET) $(CONTROL_PLANE) $(PROMTOOL)
+e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET) $(CONTROL_PLANE) $(PROMTOOL) $(HELM)
 	$(GO) test -count=1 -timeout 15m ./test/...
 
 # Fuzzing. Every parser of untrusted input has Go fuzz targets (func FuzzXxx in *_fuzz_test.go);
