@@ -5,7 +5,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/distribution/reference"
 
 	eventsapi "github.com/containerd/containerd/api/events"
 	"github.com/containerd/containerd/v2/core/images"
@@ -105,6 +108,15 @@ func (s *ImageStore) Watch(ctx context.Context, live func(), changed func(name s
 // Shows compares the CRI's ImageStatus of name with the record the image store holds: absent
 // from both, or the same image (its config's digest, which CRI uses as the image's ID).
 func (s *ImageStore) Shows(ctx context.Context, name string) (bool, error) {
+	if !strings.HasPrefix(name, "sha256:") {
+		if ref, err := reference.ParseDockerRef(name); err != nil || ref.String() != name {
+			// A record named around the CRI (`ctr images tag x nginx:latest`, an import's
+			// name): CRI's ImageStatus normalises what it is asked, so it never answers for
+			// this name as it is. Its own replies are for canonical names, which have events
+			// of their own.
+			return true, nil
+		}
+	}
 	st, err := s.cri.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: name}})
 	if err != nil {
 		return false, fmt.Errorf("image status of %s: %w", name, err)

@@ -46,6 +46,9 @@ func (s *ImageStore) Unpacked(ctx context.Context, pinned string) (string, error
 		return "", fmt.Errorf("look up %s: %w", pinned, err)
 	case rec.Labels[managedLabel] != "managed":
 		return "", nil
+	case !strings.HasSuffix(pinned, "@"+rec.Target.Digest.String()):
+		// A record under this name made around the CRI that points elsewhere.
+		return "", nil
 	}
 	cs := s.client.ContentStore()
 	config, err := images.Config(ctx, cs, rec.Target, platforms.Default())
@@ -85,6 +88,9 @@ func (n *snapshotterName) name(ctx context.Context, cri runtimeapi.ImageServiceC
 	if n.current != "" && time.Since(n.at) < snapshotterRecheck {
 		return n.current, nil
 	}
+	// Under the lock: bounded, so that one slow answer does not hold every warm pull.
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	fs, err := cri.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
 	if err != nil {
 		return "", fmt.Errorf("image filesystem: %w", err)

@@ -75,11 +75,14 @@ func (c *statuses) drop() {
 }
 
 // setLive drops everything and says whether a watch of the runtime's image events is live.
+// Names changed by events that came before the watch was confirmed stay pending.
 func (c *statuses) setLive(live bool) {
 	c.mu.Lock()
 	c.gen++
 	clear(c.entries)
-	clear(c.pending)
+	if !live {
+		clear(c.pending)
+	}
 	c.live = live
 	c.mu.Unlock()
 }

@@ -212,6 +212,21 @@ func TestWatcher(t *testing.T) {
 	}
 	next("[apps@2 broken@2 gpu@1]")
 
+	// A selector that does not parse is a refusal: the version before stays, and is warned of.
+	badSelector := gpu
+	badSelector.NodeSelector = &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: "pool", Operator: metav1.LabelSelectorOpIn}}}
+	update(object(t, "gpu", 2, badSelector))
+	for got := ""; !strings.Contains(got, "NodeImagePolicy gpu generation 2 refused"); {
+		select {
+		case got = <-warned:
+			if strings.Contains(got, "gpu") && !strings.Contains(got, "spec.nodeSelector") {
+				t.Errorf("warning %q, want gpu's selector named", got)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a selector that does not parse was not refused")
+		}
+	}
+
 	if err := dyn.Resource(Resource).Delete(ctx, "apps", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}

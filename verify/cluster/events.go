@@ -43,9 +43,7 @@ func NewNodeEvents(core kubernetes.Interface, node string) *NodeEvents {
 
 // Warning records a warning Event with reason on the Node.
 func (e *NodeEvents) Warning(reason, message string) {
-	if r := []rune(message); len(r) > maxEventMessageRunes {
-		message = string(r[:maxEventMessageRunes]) + "..."
-	}
+	message = truncate(message, maxEventMessageRunes)
 	e.recorder.Event(e.node, corev1.EventTypeWarning, reason, message)
 }
 

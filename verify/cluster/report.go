@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"time"
 
 	reports "github.com/openreports/reports-api/apis/openreports.io/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
@@ -48,8 +49,9 @@ type Reporter struct {
 	node   string
 	logger *slog.Logger
 
-	written [32]byte // content last written
-	missing bool     // the CRD's absence was logged
+	written [32]byte  // content last written, with the Node's UID
+	at      time.Time // when
+	missing bool      // the CRD's absence was logged
 }
 
 // NewReporter writes node's report with the node's identity.
@@ -98,7 +100,7 @@ func Report(node string, entries []ReportEntry) *reports.ClusterReport {
 			continue
 		}
 		r.Results = append(r.Results, reports.ReportResult{
-			Source: reportSource, Policy: e.Rule, Result: res.result, Description: e.Reason,
+			Source: reportSource, Policy: e.Rule, Result: res.result, Description: truncate(e.Reason, maxReasonRunes),
 			Properties: map[string]string{"node": node, "image": e.Image, "imageID": e.ID, "verdict": e.Verdict},
 		})
 	}
@@ -107,6 +109,21 @@ func Report(node string, entries []ReportEntry) *reports.ClusterReport {
 	}
 	return r
 }
+
+// maxReasonRunes bounds each result's message, so that the report stays far below the API
+// server's request limit (500 results of 1 KiB).
+const maxReasonRunes = 1024
+
+func truncate(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n]) + "..."
+	}
+	return s
+}
+
+// rewriteAfter is how long an unchanged report is trusted to be there: one deleted by hand, or
+// with an earlier Node of the same name, is written again.
+const rewriteAfter = 10 * time.Minute
 
 // Write puts entries in the node's report, owned by its Node so that deleting the node deletes
 // the report.
@@ -120,13 +137,13 @@ func (w *Reporter) Write(ctx context.Context, entries []ReportEntry) error {
 	if err != nil {
 		return err
 	}
-	sum := sha256.Sum256(content)
-	if sum == w.written {
-		return nil
-	}
 	node, err := w.core.CoreV1().Nodes().Get(ctx, w.node, metav1.GetOptions{ResourceVersion: "0"})
 	if err != nil {
 		return fmt.Errorf("report: the node's Node object: %w", err)
+	}
+	sum := sha256.Sum256(append(content, node.UID...))
+	if sum == w.written && time.Since(w.at) < rewriteAfter {
+		return nil
 	}
 	r.Scope.UID = node.UID
 	r.OwnerReferences = []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}
@@ -152,6 +169,6 @@ func (w *Reporter) Write(ctx context.Context, entries []ReportEntry) error {
 		return fmt.Errorf("report %s: %w", r.Name, err)
 	}
 	w.missing = false
-	w.written = sum
+	w.written, w.at = sum, time.Now()
 	return nil
 }

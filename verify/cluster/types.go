@@ -39,7 +39,9 @@ type Spec struct {
 
 // Applied is one object as a node applies it: what of it was accepted.
 type Applied struct {
-	Name       string `json:"name"`
+	Name string `json:"name"`
+	// UID tells an object deleted and made again under the same name, generation 1 again.
+	UID        string `json:"uid,omitempty"`
 	Generation int64  `json:"generation"`
 	Spec       Spec   `json:"spec"`
 }

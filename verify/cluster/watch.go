@@ -160,6 +160,13 @@ func (w *Watcher) Run(ctx context.Context) {
 	policies.Start(ctx.Done())
 	nodes.Start(ctx.Done())
 	go w.keepContact(ctx)
+	go func() {
+		// The first complete lists settle what is in effect, even when no object comes with
+		// them to poke the loop (none left in the cluster).
+		if cache.WaitForCacheSync(ctx.Done(), pi.HasSynced, ni.HasSynced) {
+			w.poke()
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
@@ -236,11 +243,18 @@ func (w *Watcher) reconcile(objects []any, node labels.Set) {
 		}
 		var p NodeImagePolicy
 		err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &p)
-		name, gen := u.GetName(), u.GetGeneration()
+		name, gen, uid := u.GetName(), u.GetGeneration(), string(u.GetUID())
+		if err == nil && p.Spec.NodeSelector != nil {
+			// A selector that does not parse is a refusal, never "not for this node": that
+			// would drop the object everywhere without a word.
+			if _, serr := metav1.LabelSelectorAsSelector(p.Spec.NodeSelector); serr != nil {
+				err = fmt.Errorf("spec.nodeSelector: %w", serr)
+			}
+		}
 		if err == nil && !Selects(&p, node) {
 			continue
 		}
-		if prev, ok := w.applied[name]; ok && prev.Generation == gen {
+		if prev, ok := w.applied[name]; ok && prev.Generation == gen && prev.UID == uid {
 			next[name] = prev
 			continue
 		}
@@ -259,7 +273,7 @@ func (w *Watcher) reconcile(objects []any, node labels.Set) {
 			continue
 		}
 		delete(w.refused, name)
-		next[name] = Applied{Name: name, Generation: gen, Spec: p.Spec}
+		next[name] = Applied{Name: name, UID: uid, Generation: gen, Spec: p.Spec}
 	}
 	for name := range w.refused {
 		if !slices.ContainsFunc(objects, func(o any) bool { u, ok := o.(*unstructured.Unstructured); return ok && u.GetName() == name }) {
