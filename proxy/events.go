@@ -8,14 +8,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/distribution/reference"
-
 	eventsapi "github.com/containerd/containerd/api/events"
-	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
-	"github.com/containerd/platforms"
 	"github.com/containerd/typeurl/v2"
+	"github.com/distribution/reference"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -129,7 +126,7 @@ func (s *ImageStore) Shows(ctx context.Context, name string) (bool, error) {
 	case err != nil:
 		return false, fmt.Errorf("look up %s: %w", name, err)
 	}
-	config, err := images.Config(ctx, s.client.ContentStore(), rec.Target, platforms.Default())
+	config, err := s.config(ctx, rec)
 	if err != nil {
 		// CRI cannot show what it cannot read either.
 		return st.GetImage() == nil, nil

@@ -13,6 +13,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/image-spec/identity"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -50,14 +51,13 @@ func (s *ImageStore) Unpacked(ctx context.Context, pinned string) (string, error
 		// A record under this name made around the CRI that points elsewhere.
 		return "", nil
 	}
-	cs := s.client.ContentStore()
-	config, err := images.Config(ctx, cs, rec.Target, platforms.Default())
+	config, err := s.config(ctx, rec)
 	if errdefs.IsNotFound(err) {
 		return "", nil
 	} else if err != nil {
 		return "", fmt.Errorf("config of %s: %w", pinned, err)
 	}
-	diffs, err := images.RootFS(ctx, cs, config)
+	diffs, err := images.RootFS(ctx, s.client.ContentStore(), config)
 	if errdefs.IsNotFound(err) {
 		return "", nil
 	} else if err != nil {
@@ -69,6 +69,12 @@ func (s *ImageStore) Unpacked(ctx context.Context, pinned string) (string, error
 		return "", fmt.Errorf("snapshot of %s in %s: %w", pinned, sn, err)
 	}
 	return config.Digest.String(), nil
+}
+
+// config is the descriptor of rec's config on the platform containerd's CRI pulls for; its
+// digest is the image's ID in the CRI.
+func (s *ImageStore) config(ctx context.Context, rec images.Image) (ocispec.Descriptor, error) {
+	return images.Config(ctx, s.client.ContentStore(), rec.Target, platforms.Default())
 }
 
 // snapshotterName is the snapshotter containerd's CRI unpacks images for, as its ImageFsInfo

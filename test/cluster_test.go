@@ -238,27 +238,12 @@ func (n *clusterNode) testNodeCannotReadSecrets(t *testing.T) {
 // wait polls done for up to podTimeout, failing at once if kubelet or the control plane exited.
 func (n *clusterNode) wait(t *testing.T, what string, done func() (bool, error)) {
 	t.Helper()
-	deadline := time.Now().Add(podTimeout)
-	var last error
-	for {
-		ok, err := done()
-		if ok {
-			return
-		}
-		if err != nil {
-			last = err
-		}
+	n.cluster.Wait(what, podTimeout, func() (bool, error) {
 		if err := n.kubelet.Exited(); err != nil {
 			t.Fatal(err)
 		}
-		if err := n.cluster.Exited(); err != nil {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after %v (last error: %v)", what, podTimeout, last)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return done()
+	})
 }
 
 func podReady(p *corev1.Pod) bool {

@@ -19,14 +19,17 @@ import (
 	"github.com/pullgate/pullgate/verify/cluster"
 )
 
-// policy compiles what the node enforces under cfg: the file's rules, then, with cluster set,
-// the NodeImagePolicy objects in effect. Call with d.mu held.
+// policy compiles what the node enforces under cfg: the file's rules, then the NodeImagePolicy
+// objects in effect (none without cluster). Call with d.mu held.
 func (d *daemon) policy(cfg config.Config) (*verify.Policy, error) {
-	if cfg.Cluster == nil {
-		return cfg.Policy()
-	}
 	rules, action := cluster.Effective(cfg.Policies, verify.Action(cfg.DefaultAction), d.applied)
 	return verify.CompilePolicy(rules, action, cfg.Settings())
+}
+
+// setPolicy puts policy in effect for the next pull and for images already on the node.
+func (d *daemon) setPolicy(policy *verify.Policy) {
+	d.verifier.SetPolicy(policy)
+	d.proxy.PolicyChanged()
 }
 
 // loadApplied reads the objects the node applied last, to enforce from start until the API
@@ -62,8 +65,7 @@ func (d *daemon) applyCluster(applied []cluster.Applied) error {
 		d.applied = prev
 		return err
 	}
-	d.verifier.SetPolicy(policy)
-	d.proxy.PolicyChanged()
+	d.setPolicy(policy)
 	if err := cluster.Save(d.current.StateDir, applied); err != nil {
 		d.logger.Error("cluster policy: applied, but not saved for the next start", "error", err)
 	}

@@ -262,8 +262,7 @@ func (d *daemon) reload() {
 	}
 	// The log first, so that what follows is written as configured.
 	d.logs.set(cfg.Log)
-	d.verifier.SetPolicy(policy)
-	d.proxy.PolicyChanged()
+	d.setPolicy(policy)
 	d.resolver.SetTimeout(cfg.Verification.Timeout.Duration)
 	d.proxy.SetKeyring(nodeKeyring(cfg.Auth))
 	d.current = cfg

@@ -91,27 +91,32 @@ func WithMetrics(reg prometheus.Registerer) WatcherOption {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "pullgate_cluster_policy_last_apply_timestamp_seconds",
 				Help: "When the cluster's policy last changed what this node enforces (Unix time; 0 never).",
-			}, func() float64 { return w.since(func() time.Time { return w.lastApply }, false) }),
+			}, w.lastApplySeconds),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "pullgate_cluster_api_contact_age_seconds",
 				Help: "Seconds since the API server last answered this node's pullgate (+Inf never).",
-			}, func() float64 { return w.since(func() time.Time { return w.contact }, true) }))
+			}, w.contactAge))
 	}
 }
 
-func (w *Watcher) since(at func() time.Time, age bool) float64 {
+// lastApplySeconds is when a change was last applied, in Unix seconds; 0 never.
+func (w *Watcher) lastApplySeconds() float64 {
 	w.mu.Lock()
-	t := at()
-	w.mu.Unlock()
-	switch {
-	case t.IsZero() && age:
-		return math.Inf(1)
-	case t.IsZero():
+	defer w.mu.Unlock()
+	if w.lastApply.IsZero() {
 		return 0
-	case age:
-		return time.Since(t).Seconds()
 	}
-	return float64(t.UnixNano()) / 1e9
+	return float64(w.lastApply.UnixNano()) / 1e9
+}
+
+// contactAge is how long since the API server last answered; +Inf never.
+func (w *Watcher) contactAge() float64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.contact.IsZero() {
+		return math.Inf(1)
+	}
+	return time.Since(w.contact).Seconds()
 }
 
 // NewWatcher watches with the clients given (the node's identity). start are the objects the
