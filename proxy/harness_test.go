@@ -3,6 +3,7 @@ package proxy_test
 import (
 	"context"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -270,6 +271,9 @@ type fakeVerifier struct {
 	byName *verify.Decision
 	// recall is what tags resolved to when last allowed.
 	recall map[string]digest.Digest
+	// served holds "name@digest user" for what the registry served to whom ("" for
+	// anonymous access); Served adds to it.
+	served map[string]bool
 
 	mu     sync.Mutex
 	reqs   []verify.Request
@@ -298,6 +302,32 @@ func (v *fakeVerifier) DecideByName(verify.Image, string) (verify.Decision, bool
 func (v *fakeVerifier) Recall(img verify.Image) (digest.Digest, bool) {
 	d, ok := v.recall[img.String()]
 	return d, ok
+}
+
+func servedKey(img verify.Image, dg digest.Digest, cred auth.Credential) string {
+	return img.Name() + "@" + dg.String() + " " + cred.Username
+}
+
+func (v *fakeVerifier) Served(img verify.Image, dg digest.Digest, cred auth.Credential) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.served == nil {
+		v.served = map[string]bool{}
+	}
+	v.served[servedKey(img, dg, cred)] = true
+}
+
+func (v *fakeVerifier) ServedTo(img verify.Image, dg digest.Digest, creds []auth.Credential) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.ContainsFunc(append(creds, auth.Credential{}), func(c auth.Credential) bool { return v.served[servedKey(img, dg, c)] })
+}
+
+// seenServed returns what Served recorded.
+func (v *fakeVerifier) seenServed() []string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return slices.Sorted(maps.Keys(v.served))
 }
 
 func (v *fakeVerifier) Known(_ context.Context, req verify.Request) (verify.Decision, error) {

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/opencontainers/go-digest"
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -32,6 +33,10 @@ type Keyring interface {
 type Verifier interface {
 	verify.Decider
 	Known(ctx context.Context, req verify.Request) (verify.Decision, error)
+	// Served records that the registry served img at dg to cred; ServedTo tells whether it
+	// served it to one of creds (or to anyone), for a pull answered while it is down.
+	Served(img verify.Image, dg digest.Digest, cred auth.Credential)
+	ServedTo(img verify.Image, dg digest.Digest, creds []auth.Credential) bool
 }
 
 // Tagger records name -> the image the runtime stored for pinned, in the runtime's image store.

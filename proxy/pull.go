@@ -112,7 +112,8 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 		return nil, out, status.Error(codes.InvalidArgument, "pullgate: "+err.Error())
 	}
 
-	checked, err := verify.Check(ctx, p.resolver, p.verifier(), img, req.GetSandboxConfig().GetMetadata().GetNamespace(), creds)
+	v := p.verifier()
+	checked, err := verify.Check(ctx, p.resolver, v, img, req.GetSandboxConfig().GetMetadata().GetNamespace(), creds)
 	decision, cred := checked.Decision, checked.Credential
 	out.digest, out.resolve, out.verify = checked.Digest, checked.Resolve, checked.Verify
 	out.rule, out.mode, out.cached, out.shared = decision.Rule, decision.Mode, decision.Cached, decision.Shared
@@ -133,14 +134,17 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 	if checked.Recalled != nil || decision.Stored {
 		// The registry is down, and containerd would ask it again. A digest the node allowed
 		// before and still holds is answered from the store, so that containers of verified
-		// images restart through an outage.
+		// images restart through an outage; but only for credentials the registry served it
+		// to, since no request checks this pull's now.
 		ref, err := p.presentImage(ctx, pinned.String())
 		switch {
 		case err != nil:
 			return nil, out, err
+		case ref != "" && !v.ServedTo(img, out.digest, creds):
+			return nil, out, status.Errorf(codes.Unknown, "RegistryUnavailable: pullgate: %s: the registry cannot be asked now, and it never served this image to the credentials of this pull; the node holds the image but cannot check them (%s)", pinned, outageCause(checked.Recalled))
 		case ref != "":
 			out.held, out.recalled = true, true
-			return p.allowed(ctx, img, pinned, decision, &runtimeapi.PullImageResponse{ImageRef: ref}, &out)
+			return p.allowed(ctx, v, img, pinned, cred, decision, &runtimeapi.PullImageResponse{ImageRef: ref}, &out)
 		case checked.Recalled != nil:
 			return nil, out, pullError(ctx, checked.Recalled)
 		}
@@ -158,7 +162,7 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 			p.logger.Warn("could not tell whether the runtime holds the image; asking it to pull", "image", pinned.String(), "error", err)
 		case id != "":
 			out.held = true
-			return p.allowed(ctx, img, pinned, decision, &runtimeapi.PullImageResponse{ImageRef: id}, &out)
+			return p.allowed(ctx, v, img, pinned, cred, decision, &runtimeapi.PullImageResponse{ImageRef: id}, &out)
 		}
 	}
 
@@ -182,11 +186,15 @@ func (p *Proxy) pull(ctx context.Context, req *runtimeapi.PullImageRequest) (*ru
 	if err != nil {
 		return nil, out, err // the runtime's own error, unchanged
 	}
-	return p.allowed(ctx, img, pinned, decision, resp, &out)
+	return p.allowed(ctx, v, img, pinned, cred, decision, resp, &out)
 }
 
-// allowed records img's tag for the digest the runtime now holds as pinned, and returns resp.
-func (p *Proxy) allowed(ctx context.Context, img, pinned verify.Image, decision verify.Decision, resp *runtimeapi.PullImageResponse, out *outcome) (*runtimeapi.PullImageResponse, outcome, error) {
+// allowed records img's tag for the digest the runtime now holds as pinned, and that the
+// registry served it to cred unless it was not asked, and returns resp.
+func (p *Proxy) allowed(ctx context.Context, v Verifier, img, pinned verify.Image, cred auth.Credential, decision verify.Decision, resp *runtimeapi.PullImageResponse, out *outcome) (*runtimeapi.PullImageResponse, outcome, error) {
+	if !out.recalled {
+		v.Served(img, out.digest, cred)
+	}
 	if img.Tag != "" {
 		if err := p.tagger.Tag(ctx, img.String(), pinned.String()); err != nil {
 			return nil, *out, status.Errorf(codes.Unknown, "pullgate: pulled %s but could not record tag %s: %v", pinned, img, err)
@@ -197,6 +205,15 @@ func (p *Proxy) allowed(ctx context.Context, img, pinned verify.Image, decision 
 		out.verdict, out.reason = verdictWarned, decision.Reason
 	}
 	return resp, *out, nil
+}
+
+// outageCause says why the registry could not be asked: the resolve's error, or for a pull by
+// digest the verification's, which the decision stored for the digest stood in for.
+func outageCause(recalled error) string {
+	if recalled != nil {
+		return recalled.Error()
+	}
+	return "verification could not reach it; the decision stored for this digest stood in"
 }
 
 // presentImage returns the ID of the image the runtime holds for pinned ("repo@digest"), or ""

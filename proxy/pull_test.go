@@ -359,6 +359,14 @@ func TestPullImage(t *testing.T) {
 			if err == nil && resp.GetImageRef() != imageID {
 				t.Errorf("image_ref = %q, want the runtime's %q", resp.GetImageRef(), imageID)
 			}
+			// A pull the runtime made records whom the registry served the digest to.
+			var wantServed []string
+			if tc.wantForward != "" && tc.pullErr == nil {
+				wantServed = []string{tc.wantForward + " " + tc.wantVerifyCred.Username}
+			}
+			if got := e.verifier.seenServed(); fmt.Sprint(got) != fmt.Sprint(wantServed) {
+				t.Errorf("served = %q, want %q", got, wantServed)
+			}
 
 			pulls := rt.callsTo("PullImage")
 			if tc.wantForward == "" {
@@ -504,8 +512,9 @@ func TestPullImageReloadedPolicy(t *testing.T) {
 }
 
 // With the registry down, a tag pulled and allowed before stands for the digest it was, and a
-// digest decided from the node's state is answered from the runtime's store: containerd would
-// ask the registry again and fail.
+// digest decided from the node's state is answered from the runtime's store (containerd would
+// ask the registry again and fail), but only for a credential the registry served that digest
+// to: no request can check this pull's own. A pull the registry answered records whom it served.
 func TestPullImageRegistryDown(t *testing.T) {
 	t.Parallel()
 	const ref = "registry.example.com/team/app:v1"
@@ -514,9 +523,14 @@ func TestPullImageRegistryDown(t *testing.T) {
 		return "", &verify.RegistryError{Image: img, Unavailable: true, Err: errors.New("dial tcp 10.0.0.1:443: connect: connection refused")}
 	}
 	present := map[string]*runtimeapi.ImageStatusResponse{pinned: {Image: &runtimeapi.Image{Id: imageID}}}
+	podA := &runtimeapi.AuthConfig{Username: "pod-a", Password: "secret-a"}
+	podB := &runtimeapi.AuthConfig{Username: "pod-b", Password: "secret-b"}
+	servedA := pinned + " pod-a"
 	tests := []struct {
 		name      string
 		image     string
+		auth      *runtimeapi.AuthConfig
+		served    string
 		recall    map[string]digest.Digest
 		present   map[string]*runtimeapi.ImageStatusResponse
 		stored    bool
@@ -525,33 +539,39 @@ func TestPullImageRegistryDown(t *testing.T) {
 		wantPulls int
 		wantTags  []tagCall
 	}{
-		{name: "tag recalled, image held", image: ref, recall: map[string]digest.Digest{ref: tagDigest}, present: present,
+		{name: "tag recalled, image held", image: ref, auth: podA, served: servedA, recall: map[string]digest.Digest{ref: tagDigest}, present: present,
 			wantTags: []tagCall{{ref, pinned}}},
-		{name: "tag recalled, image not held", image: ref, recall: map[string]digest.Digest{ref: tagDigest},
+		{name: "tag recalled, image held, served anonymously", image: ref, auth: podB, served: pinned + " ", recall: map[string]digest.Digest{ref: tagDigest}, present: present,
+			wantTags: []tagCall{{ref, pinned}}},
+		{name: "tag recalled, image held, never served to this credential", image: ref, auth: podB, served: servedA, recall: map[string]digest.Digest{ref: tagDigest}, present: present,
+			wantCode: codes.Unknown, wantMsg: "RegistryUnavailable: pullgate: " + pinned + ": the registry cannot be asked now, and it never served this image to the credentials of this pull"},
+		{name: "tag recalled, image not held", image: ref, auth: podA, served: servedA, recall: map[string]digest.Digest{ref: tagDigest},
 			wantCode: codes.Unknown, wantMsg: "RegistryUnavailable: pullgate: "},
-		{name: "tag never allowed here", image: ref, present: present, wantCode: codes.Unknown, wantMsg: "RegistryUnavailable: pullgate: "},
-		{name: "digest decided from the state, image held", image: pinned, present: present, stored: true},
-		{name: "digest decided from the state, image not held", image: pinned, stored: true, wantPulls: 1},
+		{name: "tag never allowed here", image: ref, auth: podA, served: servedA, present: present, wantCode: codes.Unknown, wantMsg: "RegistryUnavailable: pullgate: "},
+		{name: "digest decided from the state, image held", image: pinned, auth: podA, served: servedA, present: present, stored: true},
+		{name: "digest decided from the state, image held, never served to this credential", image: pinned, auth: podB, served: servedA, present: present, stored: true,
+			wantCode: codes.Unknown, wantMsg: "RegistryUnavailable: pullgate: " + pinned + ": the registry cannot be asked now, and it never served this image to the credentials of this pull"},
+		{name: "digest decided from the state, image not held", image: pinned, auth: podA, stored: true, wantPulls: 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			rt := &fakeRuntime{statusByImage: tc.present}
-			e := start(t, setup{
-				runtime:  rt,
-				resolver: &fakeResolver{resolve: down},
-				verifier: &fakeVerifier{recall: tc.recall, decide: func(req verify.Request) (verify.Decision, error) {
-					if req.Digest != tagDigest {
-						t.Errorf("verifier asked about %s, want the recalled %s", req.Digest, tagDigest)
-					}
-					return verify.Decision{Allowed: true, Rule: "internal-apps", Stored: tc.stored || tc.recall != nil}, nil
-				}},
-			})
-			resp, err := e.imageClient().PullImage(t.Context(), pullRequest(tc.image, nil))
+			v := &fakeVerifier{recall: tc.recall, served: map[string]bool{}, decide: func(req verify.Request) (verify.Decision, error) {
+				if req.Digest != tagDigest {
+					t.Errorf("verifier asked about %s, want the recalled %s", req.Digest, tagDigest)
+				}
+				return verify.Decision{Allowed: true, Rule: "internal-apps", Stored: tc.stored || tc.recall != nil}, nil
+			}}
+			if tc.served != "" {
+				v.served[tc.served] = true
+			}
+			e := start(t, setup{runtime: rt, resolver: &fakeResolver{resolve: down}, verifier: v})
+			resp, err := e.imageClient().PullImage(t.Context(), pullRequest(tc.image, tc.auth))
 			if st := status.Convert(err); st.Code() != tc.wantCode || !strings.HasPrefix(st.Message(), tc.wantMsg) {
 				t.Fatalf("PullImage = %v, %v; want %v %q", resp, err, tc.wantCode, tc.wantMsg)
 			}
-			if err == nil && resp.GetImageRef() != imageID {
+			if err == nil && tc.wantPulls == 0 && resp.GetImageRef() != imageID {
 				t.Errorf("image_ref = %q, want the held image's %q", resp.GetImageRef(), imageID)
 			}
 			if n := len(rt.callsTo("PullImage")); n != tc.wantPulls {
@@ -559,6 +579,18 @@ func TestPullImageRegistryDown(t *testing.T) {
 			}
 			if got := e.tagger.seen(); fmt.Sprint(got) != fmt.Sprint(tc.wantTags) {
 				t.Errorf("tags = %v, want %v", got, tc.wantTags)
+			}
+			// Answered from the store, the pull proves nothing about its credential; one the
+			// runtime made does.
+			want := []string{}
+			if tc.served != "" {
+				want = append(want, tc.served)
+			}
+			if tc.wantPulls > 0 {
+				want = append(want, pinned+" pod-a")
+			}
+			if got := v.seenServed(); fmt.Sprint(got) != fmt.Sprint(slices.Sorted(slices.Values(want))) {
+				t.Errorf("served = %q, want %q", got, want)
 			}
 		})
 	}

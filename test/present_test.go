@@ -167,8 +167,9 @@ func (s *presentEnv) testCreateContainer(t *testing.T) {
 // A rule scoped to namespaces under defaultAction: deny hides an image at every ImageStatus
 // (it names no namespace), so kubelet pulls again before each container start. With the
 // registry down and pullgate restarted, the tag stands for the digest allowed before, which
-// containerd holds: the pull is answered from its store, by tag and by digest. A namespace the
-// rule does not cover is still denied, and a tag never pulled here still fails closed.
+// containerd holds: the pull is answered from its store, by tag and by digest, for the
+// credential the registry served it to, and refused for any other. A namespace the rule does
+// not cover is still denied, and a tag never pulled here still fails closed.
 func (s *presentEnv) testRePullWithRegistryDown(t *testing.T) {
 	img, _ := s.push(t, "apps/present-scoped", "v1", s.release)
 	ref := s.reg.Host + "/apps/present-scoped:v1"
@@ -196,7 +197,17 @@ func (s *presentEnv) testRePullWithRegistryDown(t *testing.T) {
 			t.Errorf("image_ref = %s, want %s", imageRef, want)
 		}
 	}
-	_, err := e.pull(t, ref, nil, "dev")
+	// kubelet pulls again to have a pod's own pull secret checked: the registry cannot check
+	// it now, so only a credential it served the image to before passes.
+	imageRef, err := e.pull(t, ref, &runtimeapi.AuthConfig{Username: "node", Password: "node-secret-Pq4"}, "prod-eu")
+	if err != nil || imageRef != configDigest(t, img) {
+		t.Errorf("pull with the credential the registry served the image to, registry down = %s, %v; want %s", imageRef, err, configDigest(t, img))
+	}
+	for _, r := range []string{ref, pinned} {
+		_, err = e.pull(t, r, &runtimeapi.AuthConfig{Username: "node", Password: "a-guess"}, "prod-eu")
+		wantCode(t, err, codes.Unknown, "RegistryUnavailable: pullgate: "+pinned+": the registry cannot be asked now, and it never served this image to the credentials of this pull")
+	}
+	_, err = e.pull(t, ref, nil, "dev")
 	wantCode(t, err, codes.Unknown, "SignatureValidationFailed: pullgate: "+ref+" denied: no policy matches (defaultAction: deny)")
 	_, err = e.pull(t, s.reg.Host+"/apps/present-scoped:v2", nil, "prod-eu")
 	wantCode(t, err, codes.Unknown, "RegistryUnavailable: pullgate: ")

@@ -93,6 +93,10 @@ type Store struct {
 	decisions map[key][]Decision
 	// tags maps "image:tag" to what it last resolved to.
 	tags map[string]Tag
+	// access is what credentials the registry served each digest to, fingerprinted with
+	// accessKey (see access.go).
+	access    map[key][]access
+	accessKey []byte
 
 	// write keeps this process's writers in line, file its opens of the file: readers holding
 	// bbolt's shared lock would otherwise starve a writer. bbolt's file lock keeps other
@@ -114,7 +118,7 @@ func WithLogger(l *slog.Logger) Option { return func(s *Store) { s.logger = l } 
 // unknown version is moved aside and the state rebuilt empty: the images on the node are then
 // verified again when next used, which is safe.
 func Open(dir string, opts ...Option) (*Store, error) {
-	s := &Store{path: filepath.Join(dir, FileName), logger: slog.Default(), decisions: map[key][]Decision{}, tags: map[string]Tag{}}
+	s := &Store{path: filepath.Join(dir, FileName), logger: slog.Default(), decisions: map[key][]Decision{}, tags: map[string]Tag{}, access: map[key][]access{}}
 	for _, o := range opts {
 		o(s)
 	}
@@ -153,6 +157,10 @@ func (s *Store) Path() string { return s.path }
 // load checks the file's consistency and reads every decision into memory.
 func (s *Store) load() error {
 	decisions, tags := map[key][]Decision{}, map[string]Tag{}
+	var (
+		accessKey []byte
+		access    map[key][]access
+	)
 	err := s.do(s.readOnly, func(tx *bolt.Tx) error {
 		if err := s.prepare(tx); err != nil {
 			return err
@@ -163,6 +171,10 @@ func (s *Store) load() error {
 		}
 		if damage != nil {
 			return &corruptError{damage}
+		}
+		var err error
+		if accessKey, access, err = loadAccess(tx); err != nil {
+			return err
 		}
 		if b := tx.Bucket(tagsBucket); b != nil {
 			// Files written before tags were kept have no such bucket.
@@ -198,7 +210,7 @@ func (s *Store) load() error {
 		return err
 	}
 	s.mu.Lock()
-	s.decisions, s.tags = decisions, tags
+	s.decisions, s.tags, s.access, s.accessKey = decisions, tags, access, accessKey
 	s.mu.Unlock()
 	return nil
 }
@@ -227,12 +239,12 @@ func (s *Store) prepare(tx *bolt.Tx) error {
 	if !tx.Writable() {
 		return nil
 	}
-	for _, b := range [][]byte{decisionsBucket, evidenceBucket, tagsBucket} {
+	for _, b := range [][]byte{decisionsBucket, evidenceBucket, tagsBucket, accessBucket} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return err
 		}
 	}
-	return nil
+	return s.prepareAccessKey(meta)
 }
 
 // Decision returns the decision stored for the digest of image under the rule version ruleHash.
@@ -389,8 +401,8 @@ func merge(ds []Decision, d Decision) []Decision {
 	return out
 }
 
-// Prune forgets the digests keep refuses whose newest decision is older than before, with their
-// evidence, and returns how many it forgot. It keeps the file from growing with every image the
+// Prune forgets the digests keep refuses whose newest decision (without one, the newest access
+// recorded) is older than before, with their evidence and access, and returns how many it forgot. It keeps the file from growing with every image the
 // node ever ran.
 func (s *Store) Prune(keep func(image, digest string) bool, before time.Time) (int, error) {
 	if s.readOnly {
@@ -402,6 +414,12 @@ func (s *Store) Prune(keep func(image, digest string) bool, before time.Time) (i
 	s.mu.RLock()
 	for k, ds := range s.decisions {
 		if len(ds) > 0 && ds[0].At.Before(before) && !keep(k.image, k.digest) {
+			gone = append(gone, k)
+		}
+	}
+	// A digest allowed by a skip rule has what its registry served it to, and no decision.
+	for k, as := range s.access {
+		if _, decided := s.decisions[k]; !decided && len(as) > 0 && as[0].At.Before(before) && !keep(k.image, k.digest) {
 			gone = append(gone, k)
 		}
 	}
@@ -425,7 +443,7 @@ func (s *Store) Prune(keep func(image, digest string) bool, before time.Time) (i
 			return err
 		}
 		for _, k := range gone {
-			for _, b := range [][]byte{decisionsBucket, evidenceBucket} {
+			for _, b := range [][]byte{decisionsBucket, evidenceBucket, accessBucket} {
 				if err := tx.Bucket(b).Delete(k.bytes()); err != nil {
 					return err
 				}
@@ -444,6 +462,7 @@ func (s *Store) Prune(keep func(image, digest string) bool, before time.Time) (i
 	s.mu.Lock()
 	for _, k := range gone {
 		delete(s.decisions, k)
+		delete(s.access, k)
 	}
 	for _, ref := range tags {
 		delete(s.tags, ref)

@@ -359,9 +359,9 @@ func TestPrune(t *testing.T) {
 	}
 }
 
-func mustOpen(t *testing.T, dir string) *Store {
+func mustOpen(t *testing.T, dir string, opts ...Option) *Store {
 	t.Helper()
-	s, err := Open(dir)
+	s, err := Open(dir, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
