@@ -120,7 +120,7 @@ check:
 unit: deps
 	$(GO) test -race -count=1 ./verify/... ./proxy/... ./cmd/... ./systemd/... ./install/...
 
-e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET) $(CONTROL_PLANE) $(PROMTOOL) $(HELM)
+e2e: deps $(PULLGATE) $(CONTAINERD2) $(SHIM2) $(KUBELET) $(CONTROL_PLANE) $(KUBECTL) $(PROMTOOL) $(HELM)
 	$(GO) test -count=1 -timeout 15m ./test/...
 
 # Fuzzing. Every parser of untrusted input has Go fuzz targets (func FuzzXxx in *_fuzz_test.go);

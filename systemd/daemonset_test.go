@@ -218,12 +218,12 @@ func labelsMatch(selector, labels map[string]string) bool {
 // The uninstall overlay reuses the DaemonSet and only changes what the init container runs.
 func TestUninstallOverlay(t *testing.T) {
 	t.Parallel()
-	k := readKustomization(t, "daemonset/uninstall")
-	if !slices.Equal(k.Resources, []string{"../"}) || len(k.Patches) != 1 {
+	k := readKustomization(t, "daemonset-uninstall")
+	if !slices.Equal(k.Resources, []string{"../daemonset"}) || len(k.Patches) != 1 {
 		t.Fatalf("uninstall kustomization: resources %v, patches %v", k.Resources, k.Patches)
 	}
 	var patch appsv1.DaemonSet
-	strict(t, filepath.Join("daemonset/uninstall", k.Patches[0].Path), &patch)
+	strict(t, filepath.Join("daemonset-uninstall", k.Patches[0].Path), &patch)
 	objs, _ := manifests(t)
 	ds := objs["DaemonSet/pullgate-installer"].(*appsv1.DaemonSet)
 	if patch.Name != ds.Name || patch.Namespace != ds.Namespace {

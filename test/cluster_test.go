@@ -116,41 +116,10 @@ func (n *clusterNode) testNodeRegistered(t *testing.T) {
 }
 
 // testScheduledPodRuns: a pod created through the API server, with no node named, is bound by
-// the scheduler to the node and runs its signed image, pulled through pullgate; one with an
-// unsigned image is refused, and the API server shows pullgate's reason.
+// the scheduler to the node and runs there; a pod of an unsigned image is refused, and the API
+// server shows pullgate's reason.
 func (n *clusterNode) testScheduledPodRuns(t *testing.T) {
-	ns := "apps-" + suffix()
-	n.cluster.Namespace(ns)
-	signed := n.reg.PushShellImage(t, "apps/hello", "signed", script("signed-in-cluster"))
-	n.reg.Sign(t, n.key, "apps/hello", manifestDigest(t, signed))
-	unsigned := n.reg.PushShellImage(t, "apps/hello", "unsigned", script("unsigned-in-cluster"))
-	pods := n.cluster.Client.CoreV1().Pods(ns)
-	for _, tag := range []string{"signed", "unsigned"} {
-		_, err := pods.Create(t.Context(), &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: "hello-" + tag},
-			Spec: corev1.PodSpec{
-				HostNetwork:                   true, // the node has no pod network
-				TerminationGracePeriodSeconds: new(int64(2)),
-				Containers:                    []corev1.Container{{Name: "app", Image: n.reg.Host + "/apps/hello:" + tag}},
-			},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	var pod *corev1.Pod
-	n.wait(t, "pod hello-signed Running and Ready", func() (bool, error) {
-		var err error
-		pod, err = pods.Get(t.Context(), "hello-signed", metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		return pod.Status.Phase == corev1.PodRunning && podReady(pod), nil
-	})
-	if pod.Spec.NodeName != n.node.Name {
-		t.Errorf("pod hello-signed on node %q, want %q", pod.Spec.NodeName, n.node.Name)
-	}
+	ns := wantEnforced(t, n.cluster, n.reg, n.key, n.node.Name, "apps", n.kubelet.Exited)
 	// The scheduler, not the test, bound it.
 	events, err := n.cluster.Client.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=hello-signed,reason=Scheduled"})
 	if err != nil {
@@ -162,15 +131,63 @@ func (n *clusterNode) testScheduledPodRuns(t *testing.T) {
 	// Its log, as `kubectl logs` reads it: through the API server from kubelet, whose API
 	// authenticates the API server by its certificate and asks the API server whether it may.
 	n.wait(t, "hello-signed's log through the API server", func() (bool, error) {
-		b, err := pods.GetLogs("hello-signed", &corev1.PodLogOptions{Container: "app"}).DoRaw(t.Context())
+		b, err := n.cluster.Client.CoreV1().Pods(ns).GetLogs("hello-signed", &corev1.PodLogOptions{Container: "app"}).DoRaw(t.Context())
 		return strings.Contains(string(b), "started signed-in-cluster"), err
 	})
+}
 
-	// kubelet's reason in the pod's status, and its event with pullgate's message as kubelet
-	// got it, as `kubectl describe pod` shows them.
+// wantEnforced creates, in a new namespace, pods hello-signed and hello-unsigned of images
+// under reg's apps/, the first signed by key, and waits until the first runs on node and the
+// second is refused by pullgate's rule, with pullgate's reason in the pod's status and kubelet's
+// event, as `kubectl describe pod` and `kubectl get events` show them. gone, while waiting, says
+// the node is gone. It returns the namespace.
+func wantEnforced(t *testing.T, c *harness.Cluster, reg *harness.Registry, key *harness.Key, node, rule string, gone func() error) string {
+	t.Helper()
+	wait := func(what string, done func() (bool, error)) {
+		t.Helper()
+		c.Wait(what, podTimeout, func() (bool, error) {
+			if err := gone(); err != nil {
+				t.Fatal(err)
+			}
+			return done()
+		})
+	}
+	ns := "apps-" + suffix()
+	c.Namespace(ns)
+	signed := reg.PushShellImage(t, "apps/hello", "signed", script("signed-in-cluster"))
+	reg.Sign(t, key, "apps/hello", manifestDigest(t, signed))
+	unsigned := reg.PushShellImage(t, "apps/hello", "unsigned", script("unsigned-in-cluster"))
+	pods := c.Client.CoreV1().Pods(ns)
+	for _, tag := range []string{"signed", "unsigned"} {
+		_, err := pods.Create(t.Context(), &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "hello-" + tag},
+			Spec: corev1.PodSpec{
+				HostNetwork:                   true, // the node has no pod network
+				TerminationGracePeriodSeconds: new(int64(2)),
+				Containers:                    []corev1.Container{{Name: "app", Image: reg.Host + "/apps/hello:" + tag}},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var pod *corev1.Pod
+	wait("pod hello-signed Running and Ready", func() (bool, error) {
+		var err error
+		pod, err = pods.Get(t.Context(), "hello-signed", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return pod.Status.Phase == corev1.PodRunning && podReady(pod), nil
+	})
+	if pod.Spec.NodeName != node {
+		t.Errorf("pod hello-signed on node %q, want %q", pod.Spec.NodeName, node)
+	}
+
 	digest := manifestDigest(t, unsigned)
-	reason := fmt.Sprintf("pullgate: %s/apps/hello@%s denied by policy \"apps\"", n.reg.Host, digest)
-	n.wait(t, "pod hello-unsigned refused by pullgate", func() (bool, error) {
+	reason := fmt.Sprintf("pullgate: %s/apps/hello@%s denied by policy %q", reg.Host, digest, rule)
+	wait("pod hello-unsigned refused by pullgate", func() (bool, error) {
 		p, err := pods.Get(t.Context(), "hello-unsigned", metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -186,9 +203,9 @@ func (n *clusterNode) testScheduledPodRuns(t *testing.T) {
 		}
 		return false, nil
 	})
-	want := denial(t, n.reg, "apps/hello", unsigned)
-	n.wait(t, "an event of hello-unsigned with pullgate's denial", func() (bool, error) {
-		events, err := n.cluster.Client.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=hello-unsigned,reason=Failed"})
+	want := "SignatureValidationFailed: " + reason
+	wait("an event of hello-unsigned with pullgate's denial", func() (bool, error) {
+		events, err := c.Client.CoreV1().Events(ns).List(t.Context(), metav1.ListOptions{FieldSelector: "involvedObject.name=hello-unsigned,reason=Failed"})
 		if err != nil {
 			return false, err
 		}
@@ -199,6 +216,7 @@ func (n *clusterNode) testScheduledPodRuns(t *testing.T) {
 		}
 		return false, nil
 	})
+	return ns
 }
 
 // testNodeCannotReadSecrets: the Node authorizer and RBAC decide what a node's credential may

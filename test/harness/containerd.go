@@ -377,18 +377,22 @@ func (c *Containerd) call(f func(context.Context, *grpc.ClientConn) error) error
 // containerd reads this file at each pull, so it can be written while containerd runs.
 func (c *Containerd) HostsTOML(host, server, caFile string) {
 	c.t.Helper()
+	dir := filepath.Join(c.CertsDir, host) // "127.0.0.1:5000" as is: only Windows rewrites the colon
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), hostsTOML(server, caFile), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func hostsTOML(server, caFile string) []byte {
 	var b strings.Builder
 	fmt.Fprintf(&b, "server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", server, server)
 	if caFile != "" {
 		fmt.Fprintf(&b, "  ca = %q\n", caFile)
 	}
-	dir := filepath.Join(c.CertsDir, host) // "127.0.0.1:5000" as is: only Windows rewrites the colon
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		c.t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(b.String()), 0o644); err != nil {
-		c.t.Fatal(err)
-	}
+	return []byte(b.String())
 }
 
 // containerdVersion runs `bin --version`, which prints

@@ -59,6 +59,8 @@ ln -s /proc/self/fd "$R/dev/fd"
 ln -s /proc/self/fd/0 "$R/dev/stdin"
 ln -s /proc/self/fd/1 "$R/dev/stdout"
 ln -s /proc/self/fd/2 "$R/dev/stderr"
+# The kernel's log, which kubelet's OOM watcher reads.
+if [ -c /dev/kmsg ]; then touch "$R/dev/kmsg"; mount --bind /dev/kmsg "$R/dev/kmsg"; fi
 # No console: systemd writes to it only when it is a tty; the journal has everything.
 touch "$R/dev/console"
 mount --bind /dev/null "$R/dev/console"
@@ -80,5 +82,8 @@ pivot_root . .oldroot
 umount -l /.oldroot
 rmdir /.oldroot
 cd /
-exec setpriv --bounding-set -sys_module,-sys_time,-syslog \
+# As on a host: kubelet's mountPropagation needs a shared root, which systemd in a container
+# leaves as it finds it (kind's entrypoint does the same).
+mount --make-rshared /
+exec setpriv --bounding-set -sys_module,-sys_time \
   env -i container=pullgate-test TERM=linux /lib/systemd/systemd --unit="$UNIT"

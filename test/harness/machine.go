@@ -54,10 +54,22 @@ const machineTarget = "pullgate-machine.target"
 // machineStartTimeout bounds systemd's boot; it takes under a second on an idle machine.
 const machineStartTimeout = time.Minute
 
-// StartMachine boots a machine named name with files (absolute paths to contents) over the
-// host's root, and the units in wants started at boot. It is powered off and removed when the
-// test ends, its journal shown if the test failed.
-func StartMachine(t T, name string, files map[string][]byte, wants ...string) *Machine {
+// MachineConfig is what a machine has over the host's root file system.
+type MachineConfig struct {
+	// Files are contents by their absolute path in the machine. /var/lib/containerd is a
+	// directory of the host's own, since containerd's overlayfs snapshots cannot live on an
+	// overlay.
+	Files map[string][]byte
+	// Binaries are the host's executables to copy, by their path in the machine: the host's
+	// /tmp, where tests keep theirs, is not the machine's.
+	Binaries map[string]string
+	// Wants are the units started at boot.
+	Wants []string
+}
+
+// StartMachine boots a machine named name. It is powered off and removed when the test ends,
+// its journal shown if the test failed.
+func StartMachine(t T, name string, cfg MachineConfig) *Machine {
 	t.Helper()
 	if _, err := exec.LookPath("unshare"); err != nil {
 		Missing(t, "unshare not found: apt-get install util-linux")
@@ -77,14 +89,24 @@ func StartMachine(t T, name string, files map[string][]byte, wants ...string) *M
 		}
 	}
 	seed := map[string][]byte{
-		"/etc/systemd/system/" + machineTarget:             fmt.Appendf(nil, "[Unit]\nDescription=pullgate test machine\nRequires=basic.target\nAfter=basic.target\nWants=%s\nAllowIsolate=yes\n", strings.Join(wants, " ")),
+		"/etc/systemd/system/" + machineTarget:             fmt.Appendf(nil, "[Unit]\nDescription=pullgate test machine\nRequires=basic.target\nAfter=basic.target\nWants=%s\nAllowIsolate=yes\n", strings.Join(cfg.Wants, " ")),
 		"/etc/systemd/system.conf.d/pullgate-machine.conf": []byte("[Manager]\nDefaultTimeoutStopSec=10s\n"),
 	}
-	for path, b := range files {
+	for path, b := range cfg.Files {
 		seed[path] = b
 	}
 	for path, b := range seed {
-		if err := writeSeed(filepath.Join(base, "seed", path), b); err != nil {
+		// /var/lib/containerd is a directory of the host's (see machine-init.sh).
+		dir := filepath.Join(base, "seed")
+		if rest, ok := strings.CutPrefix(path, "/var/lib/containerd/"); ok {
+			dir, path = filepath.Join(base, "containerd"), rest
+		}
+		if err := writeSeed(filepath.Join(dir, path), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for path, bin := range cfg.Binaries {
+		if err := copyBinary(bin, filepath.Join(base, "seed", path)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -118,6 +140,21 @@ func writeSeed(path string, b []byte) error {
 		mode = 0o755
 	}
 	return os.WriteFile(path, b, mode)
+}
+
+// copyBinary links (or, across file systems, copies) the executable from to.
+func copyBinary(from, to string) error {
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return err
+	}
+	if os.Link(from, to) == nil {
+		return nil
+	}
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o755)
 }
 
 // makeCgroups makes the machine a cgroup of its own below the test's, in every hierarchy.
@@ -216,6 +253,17 @@ func (m *Machine) launch(init string) error {
 		}
 	}
 	return os.WriteFile(filepath.Join(m.base, "go"), nil, 0o644)
+}
+
+// Exited says that the machine has powered off, or returns nil while it runs: waiting for what
+// runs on it would only time out.
+func (m *Machine) Exited() error {
+	select {
+	case <-m.exited:
+		return fmt.Errorf("machine %s exited: %s", m.Name, m.log())
+	default:
+		return nil
+	}
 }
 
 func (m *Machine) log() string {

@@ -2,6 +2,7 @@ package harness_test
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -11,9 +12,17 @@ import (
 // A machine boots systemd with the harness's files over the host's root, starts the units it
 // wants, lets systemctl manage them, and leaves the host's files alone.
 func TestMachine(t *testing.T) {
-	m := harness.StartMachine(t, "machine-test", map[string][]byte{
-		"/etc/systemd/system/hello.service": []byte("[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'echo $$ >> /var/lib/hello'\n"),
-	}, "hello.service")
+	hello := filepath.Join(t.TempDir(), "hello")
+	if err := os.WriteFile(hello, []byte("#!/bin/sh\necho $$ >> /var/lib/hello\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := harness.StartMachine(t, "machine-test", harness.MachineConfig{
+		Files: map[string][]byte{
+			"/etc/systemd/system/hello.service": []byte("[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/usr/local/bin/hello\n"),
+		},
+		Binaries: map[string]string{"/usr/local/bin/hello": hello},
+		Wants:    []string{"hello.service"},
+	})
 	if out := m.Run("systemctl", "is-active", "hello.service"); strings.TrimSpace(out) != "active" {
 		t.Fatalf("hello.service is %q", out)
 	}

@@ -451,9 +451,7 @@ func randomHex(n int) string {
 // as a node keeps them, and returns its path.
 func (r *Registry) DockerConfig(t T, dir string) string {
 	t.Helper()
-	b, err := json.Marshal(map[string]any{"auths": map[string]any{
-		r.Host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(r.Username + ":" + r.Password))},
-	}})
+	b, err := r.dockerConfig()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,6 +460,13 @@ func (r *Registry) DockerConfig(t T, dir string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// dockerConfig is a Docker config.json with the registry's credentials.
+func (r *Registry) dockerConfig() ([]byte, error) {
+	return json.Marshal(map[string]any{"auths": map[string]any{
+		r.Host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(r.Username + ":" + r.Password))},
+	}})
 }
 
 // serveOn serves h on host: on a port of its own when host is a loopback address, and
