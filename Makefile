@@ -81,7 +81,7 @@ $(KUBELET): test/kubelet/go.mod test/kubelet/go.sum
 
 # The control plane for cluster features (make cluster, test/cluster_test.go), from the same module
 # and version as kubelet, and etcd at the version k8s.io/kubernetes requires (test/kubelet/etcd);
-# kubectl for `make cluster`. On 2 cores with kubelet's build cached: kube-apiserver about 4
+# kubectl for `make cluster` and test/daemonset_test.go. On 2 cores with kubelet's build cached: kube-apiserver about 4
 # minutes, kube-controller-manager 2, kube-scheduler and etcd well under one; seconds once built.
 control-plane: $(CONTROL_PLANE)
 

@@ -8,9 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/pullgate/pullgate/proxy"
@@ -88,7 +85,7 @@ func (d *daemon) watchCluster(ctx context.Context, c config.Cluster, reg prometh
 		return
 	}
 	for {
-		dyn, core, err := clients(c.Kubeconfig)
+		dyn, core, err := cluster.Clients(c.Kubeconfig, "pullgate/"+versionString())
 		if err == nil {
 			d.mu.Lock()
 			start := d.applied
@@ -162,21 +159,4 @@ func nodeName(c config.Cluster) (string, error) {
 		return "", fmt.Errorf("cluster.nodeName is not set and the host name is unknown: %w", err)
 	}
 	return strings.ToLower(h), nil
-}
-
-func clients(kubeconfig string) (dynamic.Interface, kubernetes.Interface, error) {
-	rc, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, nil, err
-	}
-	rc.UserAgent = "pullgate/" + versionString()
-	dyn, err := dynamic.NewForConfig(rc)
-	if err != nil {
-		return nil, nil, err
-	}
-	core, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		return nil, nil, err
-	}
-	return dyn, core, nil
 }

@@ -305,6 +305,42 @@ func (c *Cluster) NodeKubeconfig(nodeName string) string {
 	return path
 }
 
+// WriteNodeCertificate issues a client certificate for the kubelet of node nodeName that
+// expires after validFor, and writes it with its key to path, as kubelet keeps the one it
+// rotates (kubelet-client-current.pem, certificate and key in one file), replacing the file in
+// one rename. It returns when the certificate expires.
+func (c *Cluster) WriteNodeCertificate(nodeName, path string, validFor time.Duration) time.Time {
+	c.t.Helper()
+	notAfter := time.Now().Add(validFor)
+	cert, key, err := c.ca.clientCertFor(validFor, "system:node:"+nodeName, "system:nodes")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, append(cert, key...), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		c.t.Fatal(err)
+	}
+	return notAfter
+}
+
+// FileKubeconfig writes to path a kubeconfig for server (the API server's URL, or a relay's)
+// whose client certificate and key are read from certFile, as kubelet's kubeconfig reads the
+// certificate kubelet rotates.
+func (c *Cluster) FileKubeconfig(path, server, certFile string) {
+	c.t.Helper()
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["pullgate"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: c.ca.CertPEM}
+	cfg.AuthInfos["node"] = &clientcmdapi.AuthInfo{ClientCertificate: certFile, ClientKey: certFile}
+	cfg.Contexts["pullgate"] = &clientcmdapi.Context{Cluster: "pullgate", AuthInfo: "node"}
+	cfg.CurrentContext = "pullgate"
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // UserKubeconfig issues a client certificate for user in groups and writes a kubeconfig for it
 // into Dir; it returns the file's path. What the user may do is up to RBAC.
 func (c *Cluster) UserKubeconfig(user string, groups ...string) string {

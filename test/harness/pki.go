@@ -59,7 +59,12 @@ func newAuthority(commonName string) (*authority, error) {
 // clientCert issues a client certificate: Kubernetes takes the user name from the common name
 // and the groups from the organizations.
 func (a *authority) clientCert(commonName string, groups ...string) (certPEM, keyPEM []byte, err error) {
-	return a.issue(&x509.Certificate{
+	return a.clientCertFor(certValidity, commonName, groups...)
+}
+
+// clientCertFor issues a client certificate that expires after validFor.
+func (a *authority) clientCertFor(validFor time.Duration, commonName string, groups ...string) (certPEM, keyPEM []byte, err error) {
+	return a.issueFor(validFor, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: commonName, Organization: groups},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	})
@@ -76,13 +81,17 @@ func (a *authority) servingCert(commonName string, dnsNames []string, ips []net.
 }
 
 func (a *authority) issue(tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
+	return a.issueFor(certValidity, tmpl)
+}
+
+func (a *authority) issueFor(validFor time.Duration, tmpl *x509.Certificate) (certPEM, keyPEM []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, err
 	}
 	tmpl.SerialNumber = serialNumber()
 	tmpl.NotBefore = time.Now().Add(-time.Hour)
-	tmpl.NotAfter = time.Now().Add(certValidity)
+	tmpl.NotAfter = time.Now().Add(validFor)
 	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, key.Public(), a.key)
 	if err != nil {
