@@ -16,7 +16,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
-	"github.com/pullgate/pullgate/systemd/image"
 	"github.com/pullgate/pullgate/test/harness"
 )
 
@@ -33,21 +32,14 @@ const installTimeout = 4 * time.Minute
 // NodeImagePolicy watched with kubelet's identity, and its uninstall mode puts the node back.
 func TestInstallerDaemonSet(t *testing.T) {
 	t.Parallel()
-	kubectl := kubectlBinary(t)
+	kubectl := toolBinary(t, "PULLGATE_KUBECTL", "kubectl")
 	helmBin := helmBinary(t)
 	c := harness.StartCluster(t, harness.ControlPlaneBinaries(t))
 	reg := harness.StartRegistry(t, harness.WithUser("node", "node-secret-Ds5"))
 	key := harness.NewKey(t)
 	pause := reg.Host + "/pause:3.10"
 	reg.PushShellImage(t, "pause", "3.10", "exec sleep 2147483647")
-	bin, err := os.ReadFile(harness.PullgateBinary(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	installer, err := image.Installer(bin, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
+	installer := installerImage(t)
 	reg.Push(t, "pullgate/pullgate", "test", installer)
 	installerDigest := manifestDigest(t, installer)
 	reg.Sign(t, key, "pullgate/pullgate", installerDigest)
@@ -141,23 +133,18 @@ func TestInstallerDaemonSet(t *testing.T) {
 	})
 }
 
-func kubectlBinary(t *testing.T) string {
-	t.Helper()
-	bin := os.Getenv("PULLGATE_KUBECTL")
-	if fi, err := os.Stat(bin); bin == "" || err != nil || fi.IsDir() {
-		harness.Missing(t, "kubectl not found: `make e2e` builds it into bin/ and sets PULLGATE_KUBECTL")
-	}
-	return bin
-}
-
 // nodeConfig is the node's pullgate configuration: the installer's image checked, the pause
 // image let through, and with kubeconfig the cluster's policy too. Rules for apps follow.
 func nodeConfig(host, kubeconfig string) string {
-	config := fmt.Sprintf(`apiVersion: pullgate.io/v1alpha1
+	var cluster string
+	if kubeconfig != "" {
+		cluster = fmt.Sprintf("cluster: {kubeconfig: %s}\n", kubeconfig)
+	}
+	return fmt.Sprintf(`apiVersion: pullgate.io/v1alpha1
 kind: PullgateConfig
 log: {format: json, level: info}
 defaultAction: deny
-policies:
+%[2]spolicies:
 - name: pullgate-installer
   images: ["%[1]s/pullgate/pullgate"]
   mode: enforce
@@ -166,11 +153,7 @@ policies:
 - name: node-bootstrap
   images: ["%[1]s/pause"]
   mode: skip
-`, host)
-	if kubeconfig != "" {
-		config = strings.Replace(config, "policies:\n", fmt.Sprintf("cluster: {kubeconfig: %s}\npolicies:\n", kubeconfig), 1)
-	}
-	return config
+`, host, cluster)
 }
 
 // nodeMetrics reads the node's pullgate's metrics, on the host's network like the node.

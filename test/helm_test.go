@@ -1,6 +1,7 @@
 package test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,11 +16,14 @@ import (
 
 const chart = "../charts/pullgate"
 
-func helmBinary(t *testing.T) string {
+func helmBinary(t *testing.T) string { return toolBinary(t, "PULLGATE_HELM", "helm") }
+
+// toolBinary is the tool the environment variable env names, as `make e2e` builds and sets it.
+func toolBinary(t *testing.T, env, name string) string {
 	t.Helper()
-	bin := os.Getenv("PULLGATE_HELM")
+	bin := os.Getenv(env)
 	if fi, err := os.Stat(bin); bin == "" || err != nil || fi.IsDir() {
-		harness.Missing(t, "helm not found: `make e2e` builds it into bin/ and sets PULLGATE_HELM")
+		harness.Missing(t, fmt.Sprintf("%s not found: `make e2e` builds it into bin/ and sets %s", name, env))
 	}
 	return bin
 }

@@ -617,10 +617,10 @@ func (n *node) testCreateContainerAllowed(t *testing.T) {
 	waitOutput(t, c, "started verified")
 }
 
-// The installer image the DaemonSet runs (pullgate alone, statically linked), built from the
-// binary under test and signed like any other, runs in a real pod.
-func (n *node) testInstallerImage(t *testing.T) {
-	t.Parallel()
+// installerImage is the installer image the DaemonSet runs (pullgate alone, statically
+// linked), built from the binary under test.
+func installerImage(t *testing.T) v1.Image {
+	t.Helper()
 	bin, err := os.ReadFile(harness.PullgateBinary(t))
 	if err != nil {
 		t.Fatal(err)
@@ -629,6 +629,13 @@ func (n *node) testInstallerImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return img
+}
+
+// The installer image, signed like any other, runs in a real pod.
+func (n *node) testInstallerImage(t *testing.T) {
+	t.Parallel()
+	img := installerImage(t)
 	n.reg.Push(t, "apps/installer", "v1", img)
 	n.reg.Sign(t, n.key, "apps/installer", manifestDigest(t, img))
 	p := pod{name: "installer", namespace: n.namespace("installer"), image: n.reg.Host + "/apps/installer:v1", pullPolicy: "IfNotPresent"}

@@ -356,12 +356,12 @@ func (k *Kubelet) cleanup() {
 	}
 }
 
-// kernelSettings are the sysctls kubelet sets at start (vm.overcommit_memory=1,
-// kernel.panic_on_oops=1, ...); with protectKernelDefaults it refuses to start instead. The
-// harness puts the machine's own values back when the last kubelet it started has stopped.
-var kernelSettings = []string{
-	"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
-	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
+// kernelSettings are the sysctls kubelet sets at start, with the values it sets; with
+// protectKernelDefaults it refuses to start instead. The harness puts the machine's own values
+// back when the last kubelet it started has stopped.
+var kernelSettings = map[string]string{
+	"vm/overcommit_memory": "1", "vm/panic_on_oom": "0", "kernel/panic": "10", "kernel/panic_on_oops": "1",
+	"kernel/keys/root_maxkeys": "1000000", "kernel/keys/root_maxbytes": "25000000",
 }
 
 var kernel struct {
@@ -377,7 +377,7 @@ func holdKernelSettings() error {
 	defer kernel.Unlock()
 	if kernel.kubelets == 0 {
 		kernel.saved = map[string][]byte{}
-		for _, name := range kernelSettings {
+		for name := range kernelSettings {
 			b, err := os.ReadFile("/proc/sys/" + name)
 			if err != nil {
 				return err

@@ -135,11 +135,7 @@ func writeSeed(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	mode := os.FileMode(0o644)
-	if strings.Contains(path, "/bin/") || strings.HasSuffix(path, ".sh") {
-		mode = 0o755
-	}
-	return os.WriteFile(path, b, mode)
+	return os.WriteFile(path, b, 0o644)
 }
 
 // copyBinary links (or, across file systems, copies) the executable from to.

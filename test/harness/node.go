@@ -26,13 +26,6 @@ const (
 	nodeSocket        = "/run/containerd/containerd.sock"
 )
 
-// nodeKernelSettings are the values kubelet sets at start (see kernelSettings). A machine's
-// /proc/sys is read-only, so the host is set to them beforehand and kubelet finds nothing to do.
-var nodeKernelSettings = map[string]string{
-	"vm/overcommit_memory": "1", "vm/panic_on_oom": "0", "kernel/panic": "10", "kernel/panic_on_oops": "1",
-	"kernel/keys/root_maxkeys": "1000000", "kernel/keys/root_maxbytes": "25000000",
-}
-
 // nodeStartTimeout bounds the wait for the Node to be Ready after boot.
 const nodeStartTimeout = 2 * time.Minute
 
@@ -55,7 +48,9 @@ func StartNode(t T, c *Cluster, reg *Registry, pause string) *Node {
 			t.Errorf("restore the kernel settings: %v", err)
 		}
 	})
-	for setting, v := range nodeKernelSettings {
+	// A machine's /proc/sys is read-only: the host is set to kubelet's values beforehand, and
+	// kubelet finds nothing to do.
+	for setting, v := range kernelSettings {
 		if err := os.WriteFile("/proc/sys/"+setting, []byte(v), 0o644); err != nil {
 			t.Fatal(err)
 		}

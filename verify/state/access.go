@@ -93,16 +93,7 @@ func (s *Store) PutAccess(image, digest string, secret []byte, at time.Time) err
 // or to anyone without a credential.
 func (s *Store) Served(image, digest string, secrets [][]byte) bool {
 	k := key{image, digest}
-	if s.served(k, anonymous) {
-		return true
-	}
-	s.mu.RLock()
-	noKey := s.accessKey == nil
-	s.mu.RUnlock()
-	if noKey {
-		return false
-	}
-	return slices.ContainsFunc(secrets, func(secret []byte) bool { return s.served(k, s.fingerprint(secret)) })
+	return s.served(k, anonymous) || slices.ContainsFunc(secrets, func(secret []byte) bool { return s.served(k, s.fingerprint(secret)) })
 }
 
 func (s *Store) served(k key, fp string) bool {
@@ -138,30 +129,4 @@ func (s *Store) prepareAccessKey(meta *bolt.Bucket) error {
 		rand.Read(k)
 	}
 	return meta.Put(accessKeyKey, k)
-}
-
-// loadAccess reads the fingerprint key and every access record of the file.
-func loadAccess(tx *bolt.Tx) (accessKey []byte, records map[key][]access, err error) {
-	records = map[key][]access{}
-	if meta := tx.Bucket(metaBucket); meta != nil {
-		accessKey = slices.Clone(meta.Get(accessKeyKey))
-	}
-	b := tx.Bucket(accessBucket)
-	if b == nil {
-		// Files written before access was kept have none.
-		return accessKey, records, nil
-	}
-	err = b.ForEach(func(k, v []byte) error {
-		var as []access
-		if err := json.Unmarshal(v, &as); err != nil {
-			return &corruptError{fmt.Errorf("access record %q: %w", k, err)}
-		}
-		image, digest, ok := cutLast(string(k), '@')
-		if !ok {
-			return &corruptError{fmt.Errorf("access record key %q is not image@digest", k)}
-		}
-		records[key{image, digest}] = as
-		return nil
-	})
-	return accessKey, records, err
 }

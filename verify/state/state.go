@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -156,11 +157,12 @@ func (s *Store) Path() string { return s.path }
 
 // load checks the file's consistency and reads every decision into memory.
 func (s *Store) load() error {
-	decisions, tags := map[key][]Decision{}, map[string]Tag{}
 	var (
+		decisions map[key][]Decision
+		accesses  map[key][]access
 		accessKey []byte
-		access    map[key][]access
 	)
+	tags := map[string]Tag{}
 	err := s.do(s.readOnly, func(tx *bolt.Tx) error {
 		if err := s.prepare(tx); err != nil {
 			return err
@@ -171,10 +173,6 @@ func (s *Store) load() error {
 		}
 		if damage != nil {
 			return &corruptError{damage}
-		}
-		var err error
-		if accessKey, access, err = loadAccess(tx); err != nil {
-			return err
 		}
 		if b := tx.Bucket(tagsBucket); b != nil {
 			// Files written before tags were kept have no such bucket.
@@ -189,30 +187,47 @@ func (s *Store) load() error {
 				return err
 			}
 		}
-		b := tx.Bucket(decisionsBucket)
-		if b == nil {
-			return nil
+		if meta := tx.Bucket(metaBucket); meta != nil {
+			accessKey = slices.Clone(meta.Get(accessKeyKey))
 		}
-		return b.ForEach(func(k, v []byte) error {
-			var ds []Decision
-			if err := json.Unmarshal(v, &ds); err != nil {
-				return &corruptError{fmt.Errorf("record %q: %w", k, err)}
-			}
-			image, digest, ok := cutLast(string(k), '@')
-			if !ok {
-				return &corruptError{fmt.Errorf("record key %q is not image@digest", k)}
-			}
-			decisions[key{image, digest}] = ds
-			return nil
-		})
+		var err error
+		if decisions, err = loadRecords[[]Decision](tx, decisionsBucket, "record"); err != nil {
+			return err
+		}
+		// Files written before access was kept have no such bucket.
+		accesses, err = loadRecords[[]access](tx, accessBucket, "access record")
+		return err
 	})
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
-	s.decisions, s.tags, s.access, s.accessKey = decisions, tags, access, accessKey
+	s.decisions, s.tags, s.access, s.accessKey = decisions, tags, accesses, accessKey
 	s.mu.Unlock()
 	return nil
+}
+
+// loadRecords reads the JSON records of a bucket keyed "image@digest"; what names them in
+// errors. A missing bucket has none.
+func loadRecords[T any](tx *bolt.Tx, bucket []byte, what string) (map[key]T, error) {
+	records := map[key]T{}
+	b := tx.Bucket(bucket)
+	if b == nil {
+		return records, nil
+	}
+	err := b.ForEach(func(k, v []byte) error {
+		var r T
+		if err := json.Unmarshal(v, &r); err != nil {
+			return &corruptError{fmt.Errorf("%s %q: %w", what, k, err)}
+		}
+		image, digest, ok := cutLast(string(k), '@')
+		if !ok {
+			return &corruptError{fmt.Errorf("%s key %q is not image@digest", what, k)}
+		}
+		records[key{image, digest}] = r
+		return nil
+	})
+	return records, err
 }
 
 // prepare creates the buckets of a new file and refuses a file of another schema version.
